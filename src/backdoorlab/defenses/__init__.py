@@ -1,0 +1,1 @@
+"""Defenses by role: detect/, sanitize/, filter/, mitigate/."""
