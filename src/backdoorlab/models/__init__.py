@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import ImageClassifier, Normalize
 from .cnn import BadNetsCNN, DigitsCNN, GTSRBCNN
+from .handwired import HandWiredBackdoor
 from .mlp import MLP
 from .resnet import PreActResNet18
 
@@ -27,4 +28,4 @@ def build(arch: str, **kwargs) -> ImageClassifier:
 
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "build", "ImageClassifier", "Normalize", "BadNetsCNN",
-           "DigitsCNN", "GTSRBCNN", "MLP", "PreActResNet18"]
+           "DigitsCNN", "GTSRBCNN", "HandWiredBackdoor", "MLP", "PreActResNet18"]
