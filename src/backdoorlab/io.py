@@ -154,7 +154,8 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     if missing or unexpected:
         raise ModelFileError(f"{path}: weights do not match architecture {meta['arch']!r} "
                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}).")
-    for k, v in state.items():
+    for k in sorted(state):
+        v = state[k]
         if v.shape != expected[k].shape:
             raise ModelFileError(f"{path}: tensor {k} has shape {tuple(v.shape)}, architecture expects "
                                  f"{tuple(expected[k].shape)} — wrong number of classes or input size?")
