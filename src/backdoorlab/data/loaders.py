@@ -120,7 +120,7 @@ def _read_idx(path: Path) -> np.ndarray:
         if zero != 0 or dtype != 0x08:
             raise ValueError("not an unsigned-byte IDX file")
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-        return arr.reshape(dims)
+        return arr.reshape(dims).copy()
     except Exception as e:
         raise DataError(f"{path}: corrupt or truncated MNIST IDX file ({e}). Download it again.") from None
 
