@@ -1,4 +1,9 @@
 """Model inspection (``Detector``): is this model backdoored?"""
 DETECTORS: dict[str, type] = {}
+from .dl_tnd import DLTND, DLTNDEvidence  # noqa: E402
+from .df_tnd import DFTND, DFTNDEvidence  # noqa: E402
+
+DETECTORS["dl-tnd"] = DLTND
+DETECTORS["df-tnd"] = DFTND
 
 __all__ = ["DETECTORS"]
