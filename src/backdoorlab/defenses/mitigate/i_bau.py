@@ -1,0 +1,171 @@
+"""I-BAU: Implicit Backdoor Adversarial Unlearning (Zeng, Chen, Park, Mao, Jin, Jia, "Adversarial
+Unlearning of Backdoors via Implicit Hypergradient", ICLR 2022; seed 000, "Adversarial
+Unlearning Of Backdoors").
+
+Threat model: the defender holds the model and a small clean set (as few as 100 samples); the
+trigger and the target are unknown, so the adversary is modelled as *any* universal perturbation.
+
+Minimax (paper eq. 1; seed 000):
+    min_θ  max_{||δ||_2 <= ε}  H(δ, θ) = (1/n) Σ_i L_CE(f_θ(x_i + δ), y_i)                 (1)
+Inner problem, solved as a regularised minimisation (official code):
+    g(δ, θ) = -H(δ, θ) + λ ||δ||_2^2,      δ*(θ) ≈ argmin_δ g(δ, θ)                        (2)
+Its optimality is the fixed point of one gradient step
+    δ* = Φ(δ*, θ),      Φ(δ, θ) = δ - α ∇_δ g(δ, θ)                                        (3)
+Implicit hypergradient of ψ(θ) = H(δ*(θ), θ) (implicit function theorem on (3)):
+    ∇ψ = ∇_θ H + (∂_θ Φ)^T v,    v = (I - ∂_δ Φ)^{-T} ∇_δ H                               (4)
+with v approximated by K fixed-point iterations  v <- (∂_δ Φ)^T v + ∇_δ H  from v = 0 (the
+Neumann series of (I - ∂_δ Φ)^{-T}; all products are vector-Jacobian products, no matrix is formed).
+Algorithm 1: for each round, solve (2) for a universal δ on the clean set, then one pass of outer
+steps θ <- Adam(θ, ∇ψ) over mini-batches.
+
+This is *not* adversarial training: the outer step differentiates through the inner solution
+δ*(θ) (the term (∂_θ Φ)^T v), which plain "train on x + δ" drops.
+
+Deviations:
+  * Inner solver: ``uap_steps`` SGD steps on (2), cycling over mini-batches, then a projection onto
+    ||δ||_2 <= ε (official: one pass, no projection, only λ).  True labels are used in (2) (the
+    official UAP step uses the model's predictions; they agree on clean data the model fits).
+  * Φ in (3)/(4) uses the current outer mini-batch (the official code always uses the first batch).
+  * Outer loss: as in the official code only a fraction ``perturbed_fraction`` of each mini-batch
+    carries δ (official: 1%), the rest is plain clean loss that keeps clean accuracy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..._torch import device_of
+from ..._validation import in_range, positive
+from ...roles import Mitigator, Progress
+from ...types import Repaired
+from .finetune import clean_tensors, trainable_copy
+
+
+def inner_objective(model: nn.Module, delta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                    reg: float) -> torch.Tensor:
+    """g(δ, θ) of eq. (2): minus the mean loss of the perturbed batch plus λ ||δ||²."""
+    return -F.cross_entropy(model(x + delta), y) + reg * delta.pow(2).sum()
+
+
+def implicit_hypergradient(model: nn.Module, params: list[torch.Tensor], delta: torch.Tensor,
+                           x: torch.Tensor, y: torch.Tensor, carries: torch.Tensor, *, alpha: float,
+                           reg: float, K: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """∇ψ of eq. (4) for the batch (x, y); ``carries`` marks the samples that get δ.
+
+    Returns (gradient for each parameter, outer loss H)."""
+    delta = delta.detach().requires_grad_(True)
+    outer = F.cross_entropy(model(x + carries.view(-1, 1, 1, 1) * delta), y)
+    *g_theta, g_delta = torch.autograd.grad(outer, [*params, delta], allow_unused=True)
+    # Φ(δ, θ) = δ - α ∇_δ g(δ, θ), eq. (3), kept as a graph in δ and θ
+    grad_inner = torch.autograd.grad(inner_objective(model, delta, x, y, reg), delta, create_graph=True)[0]
+    phi = delta - alpha * grad_inner
+    v = g_delta  # first fixed-point iterate from v = 0
+    for _ in range(K - 1):
+        jv = torch.autograd.grad(phi, delta, grad_outputs=v, retain_graph=True)[0]
+        v = jv + g_delta
+    implicit = torch.autograd.grad(phi, params, grad_outputs=v, allow_unused=True)
+    grads = [(a if a is not None else torch.zeros_like(p)) + (b if b is not None else 0)
+             for a, b, p in zip(g_theta, implicit, params)]
+    return grads, outer.detach()
+
+
+def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int,
+                           lr: float, reg: float, epsilon: float, batch_size: int,
+                           generator: torch.Generator | None) -> torch.Tensor:
+    """Approximate δ*(θ) of eq. (2): SGD on g over mini-batches, then projection onto ||δ|| <= ε."""
+    delta = torch.zeros(1, *x.shape[1:], device=x.device)
+    perm = torch.randperm(len(y), generator=generator).to(x.device)
+    for s in range(steps):
+        i = (s * batch_size) % len(y)
+        idx = perm[i:i + batch_size]
+        delta.requires_grad_(True)
+        grad = torch.autograd.grad(inner_objective(model, delta, x[idx], y[idx], reg), delta)[0]
+        delta = (delta - lr * grad).detach()
+        if epsilon > 0:
+            delta = delta * torch.clamp(epsilon / delta.norm().clamp_min(1e-12), max=1.0)
+    return delta.detach()
+
+
+@dataclass(frozen=True, kw_only=True)
+class IBAU(Mitigator):
+    """I-BAU (Algorithm 1 with the fixed-point implicit hypergradient).
+
+    rounds:             outer rounds (official ``n_rounds``: 5).
+    fixed_point_steps:  K, fixed-point iterations approximating v in eq. (4) (official 5).
+    lr:                 outer Adam learning rate (official 1e-3).
+    batch_size:         outer / inner mini-batch size (official 100).
+    uap_steps:          SGD steps of the inner solver per round.
+    uap_lr:             inner SGD learning rate (official 10).
+    epsilon:            L2 radius ε of the universal perturbation in pixel units (0 = no projection).
+    alpha:              step α of the fixed-point map Φ, eq. (3) (official 0.1).
+    reg:                λ of eq. (2) (official 0.001).
+    perturbed_fraction: share of each outer mini-batch that carries δ (official 0.01).
+    """
+
+    rounds: int = 3
+    fixed_point_steps: int = 5
+    lr: float = 1e-3
+    batch_size: int = 100
+    uap_steps: int = 20
+    uap_lr: float = 10.0
+    epsilon: float = 10.0
+    alpha: float = 0.1
+    reg: float = 1e-3
+    perturbed_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        positive("IBAU", "rounds", self.rounds, integer=True)
+        positive("IBAU", "fixed_point_steps", self.fixed_point_steps, integer=True)
+        positive("IBAU", "lr", self.lr)
+        positive("IBAU", "batch_size", self.batch_size, integer=True)
+        positive("IBAU", "uap_steps", self.uap_steps, integer=True)
+        positive("IBAU", "uap_lr", self.uap_lr)
+        positive("IBAU", "epsilon", self.epsilon, allow_zero=True)
+        positive("IBAU", "alpha", self.alpha)
+        positive("IBAU", "reg", self.reg, allow_zero=True)
+        in_range("IBAU", "perturbed_fraction", self.perturbed_fraction, 0.0, 1.0, lo_open=True)
+
+    def repair(self, model: nn.Module, clean, *, generator: torch.Generator | None = None,
+               progress: Progress = None) -> Repaired:
+        x, y = clean_tensors("IBAU", model, clean)
+        new = trainable_copy(model).eval()  # unlearning runs in eval mode, as the official code does
+        dev = device_of(new)
+        x, y = x.to(dev), y.to(dev)
+        params = [p for p in new.parameters()]
+        opt = torch.optim.Adam(params, lr=self.lr)
+        n, bs = len(y), self.batch_size
+        batches = -(-n // bs)
+        total, done = self.rounds * (self.uap_steps + batches), 0
+        norms, losses = [], []
+        for _ in range(self.rounds):
+            # inner maximisation: a universal perturbation against the current θ, eq. (2)
+            delta = universal_perturbation(new, x, y, steps=self.uap_steps, lr=self.uap_lr, reg=self.reg,
+                                           epsilon=self.epsilon, batch_size=bs, generator=generator)
+            done += self.uap_steps
+            if progress is not None:
+                progress(done, total)
+            norms.append(float(delta.norm()))
+            # outer minimisation with the implicit hypergradient, eq. (4)
+            perm = torch.randperm(n, generator=generator).to(dev)
+            round_loss = torch.zeros((), device=dev)
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                carries = (torch.rand(len(idx), generator=generator) < self.perturbed_fraction).float().to(dev)
+                grads, outer = implicit_hypergradient(new, params, delta, x[idx], y[idx], carries,
+                                                      alpha=self.alpha, reg=self.reg, K=self.fixed_point_steps)
+                opt.zero_grad(set_to_none=True)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                round_loss += outer * len(idx)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            losses.append(float(round_loss) / n)
+        for p in params:
+            p.grad = None
+        return Repaired(model=new.eval(), summary={"rounds": self.rounds, "delta_norms": norms,
+                                                   "outer_losses": losses, "clean_samples": n})
