@@ -28,7 +28,7 @@ TRAIN_FLOP_PER_IMAGE = 3 * 2.63e6  # forward 2.63 MFLOP (1.317 M MACs); backward
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
     a = ap.parse_args()

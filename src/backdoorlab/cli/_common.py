@@ -239,7 +239,7 @@ def run_repair(args: argparse.Namespace, mitigator: Any, method: str) -> int:
 # ---- training + saving: shared by `train` and every `attack` sub-command -------------------------
 TRAIN_DEFAULTS = {  # dataset -> (epochs, batch size, lr) for SGD + momentum + cosine schedule
     "digits": (30, 64, 0.05),
-    "mnist": (6, 128, 0.05),
+    "mnist": (10, 128, 0.05),
     "cifar10": (30, 128, 0.05),
     "gtsrb": (15, 128, 0.02),
 }
