@@ -1,0 +1,135 @@
+"""Certified kNN / rNN: the closed-form tolerance against brute force over every poisoning of size <= 2."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from backdoorlab.certify.knn import ABSTAIN, CertifiedKNN, CertifiedRNN, vote_tolerance
+
+C = 3
+
+
+def knn_predict(points, k):
+    """points: list of (distance, label); plurality of the k nearest, ties to the smaller label."""
+    near = sorted(points)[:k]
+    votes = [sum(1 for _, lab in near if lab == c) for c in range(C)]
+    return max(range(C), key=lambda c: (votes[c], -c))
+
+
+def rnn_predict(points, r):
+    votes = [sum(1 for d, lab in points if d <= r and lab == c) for c in range(C)]
+    if sum(votes) == 0:
+        return ABSTAIN
+    return max(range(C), key=lambda c: (votes[c], -c))
+
+
+def slots(points):
+    """Insertion distances: two per gap between the sorted distances (ties never needed)."""
+    ds = sorted({0.0} | {d for d, _ in points})
+    ds.append(ds[-1] + 3.0)
+    return [a + f * (b - a) for a, b in zip(ds, ds[1:]) for f in (1 / 3, 2 / 3)]
+
+
+def neighbours(points, modify: bool):
+    """Every dataset one operation away: delete one, insert one anywhere, or (modify) both at once."""
+    inserts = [(d, c) for d in slots(points) for c in range(C)]
+    for i in range(len(points)):
+        rest = points[:i] + points[i + 1:]
+        yield rest
+        if modify:
+            for p in inserts:
+                yield rest + [p]
+    for p in inserts:
+        yield points + [p]
+
+
+def brute_min_ops(points, predict, depth, modify=True):
+    """Smallest number of operations (<= depth) that changes the prediction, else depth + 1."""
+    base = predict(points)
+    frontier = [points]
+    for level in range(1, depth + 1):
+        nxt = []
+        for ds in frontier:
+            for nb in neighbours(ds, modify):
+                if predict(nb) != base:
+                    return level
+                nxt.append(nb)
+        frontier = nxt
+    return depth + 1
+
+
+def _instance(seed, n=5):
+    g = torch.Generator().manual_seed(seed)
+    d = (torch.rand(n, generator=g) * 10 + 0.5).tolist()
+    lab = torch.randint(0, C, (n,), generator=g).tolist()
+    # make the majority class 0 or 1 more often, so e* > 0 happens
+    lab = [0 if torch.rand(1, generator=g) < 0.5 else c for c in lab]
+    return list(zip(d, lab))
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("k", [3, 5])
+def test_knn_tolerance_matches_brute_force(seed, k):
+    pts = _instance(seed)
+    x = torch.tensor([[d] for d, _ in pts])
+    y = torch.tensor([c for _, c in pts])
+    cert = CertifiedKNN(k=min(k, len(pts))).certify(x, y, torch.zeros(1, 1), num_classes=C)
+    kk = min(k, len(pts))
+    pred = knn_predict(pts, kk)
+    assert int(cert.prediction) == pred
+    e = int(cert.tolerance)
+    need = brute_min_ops(pts, lambda p: knn_predict(p, kk), depth=min(e + 1, 2))
+    assert need > min(e, 2)              # sound: nothing of size <= e* changes the prediction
+    if e + 1 <= 2:
+        assert need == e + 1             # tight: relabelling e* + 1 neighbours succeeds
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("unit", ["operations", "insert-delete"])
+def test_rnn_tolerance_matches_brute_force(seed, unit):
+    pts = _instance(seed + 100)
+    r = 6.0
+    x = torch.tensor([[d] for d, _ in pts])
+    y = torch.tensor([c for _, c in pts])
+    cert = CertifiedRNN(r=r, unit=unit).certify(x, y, torch.zeros(1, 1), num_classes=C)
+    pred = rnn_predict(pts, r)
+    assert int(cert.prediction) == pred
+    e = int(cert.tolerance)
+    if pred == ABSTAIN:
+        assert e == -1
+        return
+    need = brute_min_ops(pts, lambda p: rnn_predict(p, r), depth=min(e + 1, 2), modify=unit == "operations")
+    assert need > min(e, 2)
+    if e + 1 <= 2:
+        assert need == e + 1
+
+
+def test_vote_tolerance_hand_computed():
+    pred, tol = vote_tolerance(torch.tensor([[5, 3, 0], [3, 5, 0], [4, 4, 0], [4, 0, 4], [0, 0, 0]]))
+    assert pred.tolist() == [0, 1, 0, 0, 0]
+    assert tol.tolist() == [1, 0, 0, 0, 0]
+    _, tol1 = vote_tolerance(torch.tensor([[5, 3, 0], [3, 5, 0]]), per_operation=1)
+    assert tol1.tolist() == [2, 1]
+
+
+def test_batched_distances_on_digits(digits):
+    train, test = digits
+    cert = CertifiedKNN(k=25, batch_size=64).certify(train.x, train.y, test.x[:200])
+    # brute force: the same votes from a plain full sort
+    d = torch.cdist(test.x[:200].flatten(1), train.x.flatten(1))
+    idx = torch.sort(d, dim=1, stable=True).indices[:, :25]
+    votes = torch.nn.functional.one_hot(train.y[idx], 10).sum(1)
+    assert torch.equal(cert.votes, votes)
+    assert cert.certified_accuracy(test.y[:200], 0) > 0.9
+    curve = cert.curve(test.y[:200], [0, 3, 6, 13])
+    assert [a for _, a in curve] == sorted([a for _, a in curve], reverse=True)
+    assert curve[-1][1] == 0.0           # k = 25 can never tolerate 13 operations
+
+
+def test_invalid_fields():
+    with pytest.raises(ValueError, match="CertifiedKNN.k"):
+        CertifiedKNN(k=0)
+    with pytest.raises(ValueError, match="CertifiedRNN.unit"):
+        CertifiedRNN(unit="swap")
