@@ -10,6 +10,12 @@ A detector's evidence takes part through duck typing, so new detectors need no c
 ``evidence.to_json() -> dict`` (into the JSON), ``evidence.table() -> (columns, rows)`` (a per-label
 table), ``evidence.labels`` with ``evidence.triggers`` (PNGs) and ``evidence.anomaly_indices``
 (the plot).  Hyper-parameters: ``--set nc.epochs=50`` (repeatable, DETECTOR.FIELD=VALUE).
+
+With several detectors, one summary table lists each detector's verdict, suspects, score and
+seconds plus the combined verdict of ``defenses.detect.combined.Combined`` (``--rule vote``: 2 of
+3 by default; ``any`` / ``all``), which is also the top-level verdict of ``--json`` and
+``--fail-on-detect``.  ``--no-data`` loads no dataset: only data-free detectors (df-tnd) run, the
+others are listed as skipped.
 """
 from __future__ import annotations
 
@@ -37,6 +43,10 @@ def register(sub, groups) -> None:
                    help="fraction of the clean training split the defender holds (default 0.05)")
     p.add_argument("--clean-per-class", type=int, default=None,
                    help="instead of --clean-fraction: this many clean samples per class")
+    p.add_argument("--no-data", action="store_true",
+                   help="use no clean data: run only data-free detectors (df-tnd), skip the others")
+    p.add_argument("--rule", default="vote", choices=["vote", "any", "all"],
+                   help="how several detectors' verdicts combine (default vote: a strict majority)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="DETECTOR.FIELD=VALUE",
                    help="a detector hyper-parameter, e.g. nc.epochs=50 (repeatable)")
     c.add_common(p)
@@ -96,10 +106,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
     names = detector_names(args.detectors)
     detectors = {n: build_detector(n, args.settings) for n in names}
     model, meta = c.load_model(args, args.model)
-    train = c.load_split(args, "train", meta)
     g = c.generator(args)
-    clean = (clean_subset(train, per_class=args.clean_per_class, generator=g) if args.clean_per_class
-             else clean_subset(train, fraction=args.clean_fraction, generator=g))
+    clean, skipped = None, [n for n, d in detectors.items() if args.no_data and not getattr(d, "data_free", False)]
+    detectors = {n: d for n, d in detectors.items() if n not in skipped}
+    if not detectors:
+        raise ValueError(f"scan --no-data: {', '.join(skipped)} need clean data; add a data-free detector "
+                         "(--detectors df-tnd) or drop --no-data.")
+    if not args.no_data:
+        train = c.load_split(args, "train", meta)
+        clean = (clean_subset(train, per_class=args.clean_per_class, generator=g) if args.clean_per_class
+                 else clean_subset(train, fraction=args.clean_fraction, generator=g))
     out = Path(args.out) if args.out else Path(args.model).with_name(Path(args.model).stem + ".scan")
     t_all = time.perf_counter()
     results, files = {}, []
@@ -111,11 +127,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if not args.no_files:
             files += write_files(out, name, v)
     data = scan_json(results, files)
-    data.update(model=str(args.model), clean_samples=len(clean), seconds=round(time.perf_counter() - t_all, 3))
+    combined = combine(results, detectors, args.rule, skipped)
+    if combined is not None:
+        data.update(backdoored=combined.backdoored, suspects=list(combined.suspects), rule=args.rule,
+                    combined={"backdoored": combined.backdoored, "suspects": list(combined.suspects),
+                              "score": combined.score, "threshold": combined.threshold,
+                              "quorum": combined.evidence.quorum, "skipped": skipped})
+    data.update(model=str(args.model), clean_samples=0 if clean is None else len(clean),
+                seconds=round(time.perf_counter() - t_all, 3))
     if args.json:
         c.emit(args, data)
     else:
         render(args, results, files)
+        if combined is not None:
+            render_summary(args, results, combined)
     return EXIT_DETECTED if args.fail_on_detect and data["backdoored"] else 0
 
 
@@ -135,6 +160,27 @@ def scan_json(results: dict, files: list) -> dict:
                 top[key] = d["evidence"][key]
     top.update(detectors=per, files=[str(f) for f in files])
     return top
+
+
+def combine(results: dict, detectors: dict, rule: str, skipped: list):
+    """The combined verdict (``Combined.combine``) when more than one detector was asked for."""
+    from ..defenses.detect.combined import Combined
+
+    if len(results) + len(skipped) < 2:
+        return None
+    comb = Combined(detectors=tuple(detectors.items()), rule=rule)
+    return comb.combine({n: v for n, (v, _) in results.items()},
+                        {n: sec for n, (_, sec) in results.items()}, tuple(skipped))
+
+
+def render_summary(args, results: dict, combined) -> None:
+    ev = combined.evidence
+    cols, rows = ev.table()
+    rows.append([f"combined ({ev.rule}, {ev.quorum} of {len(ev.verdicts)})",
+                 "BACKDOORED" if combined.backdoored else "clean",
+                 ",".join(map(str, combined.suspects)) or "-", round(combined.score, 4),
+                 round(combined.threshold, 4), round(sum(sec for _, sec in results.values()), 2)])
+    c.emit(args, {}, title="scan summary", rows=rows, columns=cols)
 
 
 def render(args, results: dict, files: list) -> None:
@@ -198,3 +244,35 @@ def anomaly_plot(path: Path, labels, indices, flagged, threshold: float, name: s
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def demo_stage(args, record, *, clean, backdoored, goal, train, test, out) -> None:
+    """``backdoorlab demo`` stage: Neural Cleanse scans the backdoored model and its clean twin,
+    then unlearning with the reversed trigger repairs the backdoored one (digits, a few seconds)."""
+    from ..data import clean_subset
+    from ..defenses.detect import NeuralCleanse
+    from ..defenses.mitigate import NCUnlearn
+    from ..io import save_model
+    from ..metrics import evaluate
+
+    held = clean_subset(train, fraction=0.3, generator=c.generator(args))
+    nc = NeuralCleanse(epochs=40, batches_per_epoch=5, batch_size=16, patience=2, early_stop_patience=4)
+    verdicts = {}
+    for name, model in (("backdoored", backdoored), ("clean", clean)):
+        t = time.perf_counter()
+        v = nc.detect(model, held, generator=c.generator(args))
+        verdicts[name] = v
+        result = (f"BACKDOORED, target {', '.join(map(str, v.suspects))}" if v.backdoored else "no backdoor found")
+        record("scan (neural cleanse)", name, f"{result}; anomaly index {v.score:.2f}", time.perf_counter() - t,
+               backdoored=v.backdoored, suspects=list(v.suspects), anomaly_index=v.score)
+    v = verdicts["backdoored"]
+    ev = v.evidence
+    target = v.suspects[0] if v.suspects else ev.smallest
+    t = time.perf_counter()
+    repaired = NCUnlearn(trigger=ev.trigger_for(target), target=target, epochs=3, lr=0.02).repair(
+        backdoored, held, generator=c.generator(args)).model
+    e = evaluate(repaired, test, goal)
+    save_model(Path(out) / "badnets.nc-unlearn.safetensors", repaired, dataset=train.info.to_json(),
+               extra={"method": "nc-unlearn"})
+    record("repair nc-unlearn", "backdoored", f"CA {c.pct(e.clean_accuracy)}, ASR {c.pct(e.attack_success_rate)}",
+           time.perf_counter() - t, clean_accuracy=e.clean_accuracy, attack_success_rate=e.attack_success_rate)
