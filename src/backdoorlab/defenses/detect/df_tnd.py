@@ -42,7 +42,7 @@ import torch
 
 from ..._stats import anomaly_index
 from ..._torch import device_of, eval_mode, frozen, generator_seed, new_generator
-from ..._validation import positive
+from ..._validation import in_range, positive
 from ...roles import Detector, Progress
 from ...triggers import PatchTrigger
 from ...types import Verdict
@@ -59,6 +59,24 @@ class DFTNDEvidence:
     top_neurons: tuple[int, ...]   # neurons with the largest weights
     noise_inputs: int              # N
 
+    @property
+    def labels(self) -> tuple[int, ...]:
+        return tuple(range(len(self.logit_increase)))
+
+    @property
+    def anomaly_indices(self) -> tuple[float, ...]:
+        return tuple(float(a) for a in self.anomaly_index)
+
+    def table(self) -> tuple[list[str], list[list]]:
+        rows = [[k, round(float(v), 3), round(float(a), 2)]
+                for k, (v, a) in enumerate(zip(self.logit_increase, self.anomaly_index))]
+        return ["label", "logit increase L_k", "anomaly index"], rows
+
+    def to_json(self) -> dict:
+        return {"labels": list(self.labels), "logit_increase": self.logit_increase.tolist(),
+                "anomaly_index": self.anomaly_index.tolist(), "trigger_l1": self.trigger.l1(),
+                "top_neurons": list(self.top_neurons), "noise_inputs": self.noise_inputs}
+
 
 @dataclass(frozen=True, kw_only=True)
 class DFTND(Detector):
@@ -67,8 +85,8 @@ class DFTND(Detector):
     data_free: ClassVar[bool] = True  # needs no clean data (``Combined`` and ``scan --no-data``)
 
     noise_inputs: int = 10          # N random-noise inputs
-    steps: int = 300                # sign-gradient iterations with per-input (m_i, δ_i)
-    refine_steps: int = 300         # iterations on the averaged, shared (m, δ)
+    steps: int = 150                # sign-gradient iterations with per-input (m_i, δ_i)
+    refine_steps: int = 150         # iterations on the averaged, shared (m, δ)
     step_size: float = 0.02         # sign-gradient step on δ, m, w
     lam: float = 0.01               # λ: weight of ||m||_1 (per-image mean)
     threshold: float = 3.0          # MAD anomaly index above which L_k is an outlier
@@ -84,6 +102,7 @@ class DFTND(Detector):
         positive(name, "lam", self.lam, allow_zero=True)
         positive(name, "threshold", self.threshold)
         positive(name, "min_increase", self.min_increase, allow_zero=True)
+        in_range(name, "mask_init", self.mask_init, 0.0, 1.0)
 
     def detect(self, model: torch.nn.Module, clean=None, *, generator: torch.Generator | None = None,
                progress: Progress = None) -> Verdict:

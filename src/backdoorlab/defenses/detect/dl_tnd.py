@@ -58,15 +58,30 @@ class DLTNDEvidence:
     per_image_success: torch.Tensor  # (K,) fraction of per-image perturbations that reach k
     samples: int                    # clean images used
 
+    @property
+    def labels(self) -> tuple[int, ...]:
+        return tuple(range(len(self.similarity)))
+
+    def table(self) -> tuple[list[str], list[list]]:
+        rows = [[k, round(float(s), 4), round(float(n), 2), f"{100 * float(u):.0f}%", f"{100 * float(p):.0f}%"]
+                for k, (s, n, u, p) in enumerate(zip(self.similarity, self.mask_l1, self.universal_success,
+                                                     self.per_image_success))]
+        return ["label", "similarity s_k", "universal |m|_1", "universal -> k", "per-image -> k"], rows
+
+    def to_json(self) -> dict:
+        return {"labels": list(self.labels), "similarity": self.similarity.tolist(),
+                "mask_l1": self.mask_l1.tolist(), "universal_success": self.universal_success.tolist(),
+                "per_image_success": self.per_image_success.tolist(), "samples": self.samples}
+
 
 @dataclass(frozen=True, kw_only=True)
 class DLTND(Detector):
     """Data-limited TrojanNet detector (ECCV 2020, section 4).  Fields name the paper's symbols."""
 
     samples_per_class: int | None = 1   # images per class taken from ``clean`` (None = all)
-    steps: int = 300                    # optimisation steps for eqs. 3 and 4 (solved jointly)
+    steps: int = 200                    # optimisation steps for eqs. 3 and 4 (solved jointly)
     lr: float = 0.1                     # Adam step size on the tanh parameters
-    lam: float = 0.01                   # λ: weight of ||m||_1 (pixels) against the hinge losses
+    lam: float = 0.1                    # λ: weight of ||m||_1 (pixels) against the hinge losses
     tau: float = 5.0                    # τ: hinge floor (confidence margin in logits)
     quantile: float = 0.25              # q of eq. 5
     threshold: float = 0.75             # T of eq. 5
