@@ -74,7 +74,7 @@ class ActivationClustering(Sanitizer):
     analysis: str = "exclusion"
     size_threshold: float = 0.35
     silhouette_threshold: float = 0.30
-    exclusion_threshold: float = 1.5
+    exclusion_threshold: float = 1.0
     silhouette_samples: int = 2000
     seed: int = 0
     batch_size: int = 512
