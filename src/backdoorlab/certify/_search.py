@@ -170,7 +170,7 @@ def attack(model, X: torch.Tensor, region: TriggerRegion, target: int, steps: in
         (grad,) = torch.autograd.grad(m.clamp(max=0.1).sum(), t)
         a = step * (1 - it / (steps + 1))
         t = (t.detach() + a * grad.sign()).clamp(region.lo, region.hi)
-    return best.detach().double().cpu()
+    return best.detach().double().cpu().clamp(region.lo, region.hi)
 
 
 def lp_at(net: ReluNet, fl: FirstLayer, lowers, uppers, target: int, *, margin: float = 0.0,

@@ -52,10 +52,13 @@ def round_error(rate: float, k: int) -> float:
 
 
 def binomial_p_value(unsat: int, rounds: int, rate: float, k: int) -> float:
-    """(2): P[Binom(rounds, 1 - rate^k) >= unsat]."""
-    from scipy.stats import binom
+    """(2): P[Binom(rounds, 1 - rate^k) >= unsat], summed exactly in rationals of the float p."""
+    from fractions import Fraction
 
-    return float(binom.sf(unsat - 1, rounds, round_error(rate, k))) if unsat > 0 else 1.0
+    if unsat <= 0:
+        return 1.0
+    p = Fraction(round_error(rate, k))
+    return float(sum(math.comb(rounds, i) * p ** i * (1 - p) ** (rounds - i) for i in range(unsat, rounds + 1)))
 
 
 def binomial_rounds(rate: float, k: int, alpha: float) -> int:
