@@ -242,12 +242,26 @@ def write_png(path: str | Path, img: torch.Tensor, scale: int = 1) -> Path:
 
 
 def read_png(path: str | Path) -> torch.Tensor:
-    """Decode an 8-bit, non-interlaced PNG into (C, H, W) float in [0,1]."""
-    import numpy as np
-
+    """Read an 8-bit, non-interlaced PNG file into (C, H, W) float in [0,1]."""
     path = Path(path)
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: file not found.") from None
+    try:
+        return decode_png(data)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+
+
+MAX_PNG_PIXELS = 4096 * 4096
+
+
+def decode_png(data: bytes) -> torch.Tensor:
+    """Decode PNG bytes (8-bit, non-interlaced grey / grey+alpha / RGB / RGBA) into (C, H, W) in [0,1]."""
+    import numpy as np
+
+    try:
         if data[:8] != b"\x89PNG\r\n\x1a\n":
             raise ValueError("missing PNG signature")
         pos, idat, hdr = 8, b"", None
@@ -265,7 +279,11 @@ def read_png(path: str | Path) -> torch.Tensor:
         if depth != 8 or interlace or ctype not in (0, 2, 4, 6):
             raise ValueError("only 8-bit non-interlaced grey/RGB/RGBA PNG is supported")
         C = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
-        raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(H, 1 + W * C)
+        if W * H > MAX_PNG_PIXELS:
+            raise ValueError(f"image of {W}x{H} pixels exceeds the limit of {MAX_PNG_PIXELS} pixels")
+        expected = H * (1 + W * C)
+        raw = zlib.decompressobj().decompress(idat, expected)  # bounded: no decompression bomb
+        raw = np.frombuffer(raw, np.uint8).reshape(H, 1 + W * C)
         out = np.zeros((H, W * C), np.int32)
         for r in range(H):
             f, line = raw[r, 0], raw[r, 1:].astype(np.int32)
@@ -291,7 +309,5 @@ def read_png(path: str | Path) -> torch.Tensor:
             out[r] = cur
         img = torch.from_numpy(out.reshape(H, W, C).astype(np.float32) / 255.0).permute(2, 0, 1)
         return img.contiguous()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: file not found.") from None
     except Exception as e:
-        raise ModelFileError(f"{path}: not a readable PNG ({e}).") from None
+        raise ValueError(f"not a readable PNG ({e}).") from None

@@ -199,5 +199,5 @@ def cmd_download(args: argparse.Namespace) -> int:  # pragma: no cover - needs n
     from ..data import download
 
     path = download(args.dataset, args.data_dir)
-    print(f"downloaded {args.dataset} into {path}")
+    c.emit(args, {"dataset": args.dataset, "path": str(path)}, title=f"downloaded {args.dataset} into {path}")
     return 0
