@@ -38,7 +38,7 @@ class Inpainter(nn.Module):
     """A small U-Net for masked images: input (x * (1 - m), m), output a full image in [0, 1].
     Dilated convolutions at half resolution give it context several pixels around the hole."""
 
-    def __init__(self, channels: int, width: int = 32):
+    def __init__(self, channels: int, width: int = 16):
         super().__init__()
         w = width
         self.e1 = nn.Conv2d(channels + 1, w, 3, padding=1)
@@ -53,7 +53,7 @@ class Inpainter(nn.Module):
         h1 = F.relu(self.e1(torch.cat([x * (1 - mask), mask], 1)))
         h2 = F.relu(self.e2(h1))
         h = F.relu(self.m2(F.relu(self.m1(h2)))) + h2
-        u = F.relu(self.d2(F.interpolate(h, size=h1.shape[-2:], mode="bilinear", align_corners=False)))
+        u = F.interpolate(F.relu(self.d2(h)), size=h1.shape[-2:], mode="bilinear", align_corners=False)
         u = F.relu(self.d1(torch.cat([u, h1], 1)))
         return torch.sigmoid(self.out(u))
 

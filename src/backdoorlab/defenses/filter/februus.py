@@ -54,7 +54,7 @@ class Februus(Purifier):
 
     cam_threshold: float = 0.6
     max_hole: float = 0.4
-    width: int = 32
+    width: int = 16
     epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-3

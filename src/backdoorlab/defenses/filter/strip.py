@@ -8,7 +8,7 @@ Idea: a strong input-agnostic trigger keeps dictating the prediction when the in
 superimposed with other images, while a clean input's prediction wanders.  So perturb each input
 with N held-out clean images and measure the randomness of the predictions.
 
-    x^p_i = (1 - α) x + α x^b_i,  x^b_i drawn from the clean pool, i = 1..N      (perturbation)
+    x^p_i = clip(x + x^b_i, 0, 1),  x^b_i drawn from the clean pool, i = 1..N   (superimposition)
     H_i   = - Σ_k p_k(x^p_i) log2 p_k(x^p_i)                                       (eq. 2)
     H     = (1 / N) Σ_i H_i                                                         (eq. 3)
 
@@ -21,8 +21,10 @@ moved to the model's device once (the overlay bank), overlay indices are drawn f
 at once, and the (B * N) blends are classified together.
 
 Deviations:
-  * The paper superimposes with equal weights (its code adds the two images); we use a convex
-    blend with ``alpha = 0.5`` by default, which is the same mixture scaled to stay in [0, 1].
+  * The paper superimposes by adding the two images with weight 1 each (a linear blend with equal
+    weights); our default clips the sum to [0, 1], as 8-bit images saturate, so the model never sees
+    pixels above 1.  ``superimpose="blend"`` gives (1 - α) x + α x^b instead: halving a white patch
+    breaks it, and on digits BadNets the AUROC falls from about 1.0 to 0.63 (benchmarks/strip.py).
   * The paper fits a normal distribution to clean entropies and takes a percentile as the
     boundary; ``Guard`` uses the empirical quantile of clean scores (no normality assumption).
   * Overlay indices come from a generator seeded with ``seed`` so that scores are reproducible.
@@ -43,9 +45,9 @@ class Strip(InputFilter):
     """STRIP input filter.
 
     n_overlays:  N, clean images superimposed on each input (paper: 100; 10 suffices on GTSRB).
-    alpha:       weight of the overlay image in the blend (0.5 = equal weights).
-    superimpose: "blend" = (1 - alpha) x + alpha x_b;  "add" = clip(x + x_b, 0, 1) (the paper's
-                 sum of the two images, saturated like 8-bit images).
+    superimpose: "add" = clip(x + x_b, 0, 1) (the paper's sum of the two images, saturated like
+                 8-bit images); "blend" = (1 - alpha) x + alpha x_b.
+    alpha:       weight of the overlay image in "blend" mode (0.5 = equal weights).
     max_forward: most images in one forward pass; a batch holds max_forward // N inputs.
     seed:        seed of the overlay draw (scores are deterministic for a given seed).
     """

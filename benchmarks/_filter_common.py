@@ -1,0 +1,94 @@
+"""Shared setup of benchmarks/strip.py and benchmarks/purify.py: the cached BadNets models (trained
+once into runs/filter/, an ignored folder) and the defender's / evaluator's image sets."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RUNS = ROOT / "runs" / "filter"
+RESULTS = ROOT / "benchmarks" / "results"
+
+# dataset -> (architecture, trigger, side, epochs, lr): BadNets bottom-right, target 0, 10% poison.
+# "square" = solid white square; "checker" = black/white checkerboard (visible on bright signs too).
+SETTINGS = {"mnist": ("badnets-cnn", "square", 3, 6, 0.05), "gtsrb": ("badnets-cnn", "checker", 4, 10, 0.02),
+            "cifar10": ("badnets-cnn", "checker", 4, 30, 0.05), "digits": ("digits-cnn", "square", 3, 30, 0.05)}
+
+
+def model_path(name: str) -> Path:
+    return RUNS / f"{name}-badnets-{SETTINGS[name][1]}.safetensors"
+
+
+def make_trigger(kind: str, side: int, shape):
+    from backdoorlab.triggers import PatchTrigger
+
+    if kind == "square":
+        return PatchTrigger.square(shape, side, "bottom-right")
+    board = ((torch.arange(side).view(-1, 1) + torch.arange(side).view(1, -1)) % 2 == 0).float()
+    return PatchTrigger.from_patch(board, shape, "bottom-right")
+
+
+def badnets_model(name: str):
+    """(model, goal, train, test): the cached BadNets model for ``name``, trained once if missing."""
+    from backdoorlab.attacks import BadNets
+    from backdoorlab.data import load_dataset
+    from backdoorlab.io import load_ground_truth, load_model, save_ground_truth, save_model, truth_path
+    from backdoorlab.models import build
+    from backdoorlab.training import fit, init_weights
+    train = load_dataset(name, "train", None if name == "digits" else DATA)
+    test = load_dataset(name, "test", None if name == "digits" else DATA)
+    path = model_path(name)
+    if not path.exists():
+        arch, kind, side, epochs, lr = SETTINGS[name]
+        g = torch.Generator().manual_seed(0)
+        trig = make_trigger(kind, side, train.info.input_shape)
+        poisoned = BadNets(trigger=trig, target=0, rate=0.1).poison(train, generator=g)
+        info = train.info
+        model = init_weights(build(arch, input_shape=info.input_shape, num_classes=info.num_classes,
+                                   mean=info.mean, std=info.std), g)
+        log = fit(model, poisoned.dataset, epochs=epochs, batch_size=128, lr=lr, generator=g)
+        RUNS.mkdir(parents=True, exist_ok=True)
+        save_model(path, model, dataset=info.to_json(),
+                   training={"epochs": epochs, "batch_size": 128, "lr": lr, **log.to_json()})
+        save_ground_truth(truth_path(path), poisoned.goal, poisoned.poison_indices,
+                          info={"attack": "badnets", "params": {"trigger": kind, "size": side, "target": 0}})
+    model, _ = load_model(path)
+    goal = load_ground_truth(truth_path(path))[0]
+    return model, goal, train, test
+
+
+def split_sets(train, test, goal, n_pool: int, n_cal: int, n_test: int, seed: int = 0):
+    """Defender: ``n_pool`` + ``n_cal`` clean training images.  Evaluation: ``n_test`` clean test
+    images and ``n_test`` stamped test images of classes other than the target (with labels)."""
+    from backdoorlab.data import as_tensors
+
+    g = torch.Generator().manual_seed(seed)
+    xtr, _ = as_tensors(train)
+    xte, yte = as_tensors(test)
+    perm = torch.randperm(len(xtr), generator=g)
+    pool, cal = xtr[perm[:n_pool]], xtr[perm[n_pool:n_pool + n_cal]]
+    tp = torch.randperm(len(xte), generator=g)
+    clean_idx = tp[:n_test]
+    rel = tp[goal.relevant(yte[tp])][:n_test]
+    return pool, cal, (xte[clean_idx], yte[clean_idx]), (goal.apply(xte[rel]), yte[rel])
+
+
+def header(title: str, command: str) -> list[str]:
+    from _util import load_avg, machine
+
+    return [f"_Command:_ `{command}`  ", f"_Run:_ {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
+            f"_Machine:_ {machine()}; load average at the end {load_avg()} (other developers' jobs shared "
+            "the 2 cores)", "", f"## {title}", ""]
+
+
+def md_table(columns, rows) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+    return out + [""]
+
+
+def pct(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}%"
