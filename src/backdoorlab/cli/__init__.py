@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..io import ModelFileError
 
     try:
+        if getattr(args, "save_run", None):
+            from ._common import run_with_saving
+
+            return run_with_saving(args, argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         sys.stderr.write("backdoorlab: interrupted\n")

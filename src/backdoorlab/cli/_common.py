@@ -18,6 +18,9 @@ def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--save-run", default=None, metavar="DIR",
+                   help="also save this run (result JSON, command, versions, seed, images) into DIR "
+                        "for `backdoorlab report DIR`")
     if data:
         p.add_argument("--dataset", default=None, choices=["digits", "mnist", "cifar10", "gtsrb"],
                        help="dataset (default: the model's own, else digits)")
@@ -292,3 +295,59 @@ def save_attacked(args: argparse.Namespace, model, info, goal, poison_indices, t
     tp = save_ground_truth(truth_path(out), goal, poison_indices,
                            info={"attack": attack_name, "params": attack_params})
     return out, tp
+
+
+# ---- --save-run: a run folder that `backdoorlab report` renders ----------------------------------
+def run_with_saving(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run ``args.func`` with JSON output captured, then write ``DIR/run.json`` plus the images
+    the result names (recovered triggers, plots) and the true trigger when a ground-truth file is
+    known.  The run format: ``{"command", "argv", "versions", "seed", "created", "result",
+    "images": {name: file}, "exit_code"}``."""
+    import contextlib
+    import datetime
+    import io as _io
+    import platform
+
+    from .. import __version__
+    from ..io import atomic_write_bytes, png_bytes, save_json
+
+    out = Path(args.save_run)
+    want_json = args.json
+    args.json = True
+    buf = _io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = int(args.func(args) or 0)
+    text = buf.getvalue()
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError:
+        result = {"output": text}
+    images: dict[str, str] = {}
+    for f in result.get("files", []) if isinstance(result, dict) else []:
+        src = Path(f)
+        if src.suffix == ".png" and src.exists():
+            atomic_write_bytes(out / src.name, src.read_bytes())
+            images[src.stem] = src.name
+    model_path = getattr(args, "model", None)
+    if model_path:
+        truth = ground_truth(model_path, getattr(args, "truth", None))
+        trig = getattr(truth[0], "trigger", None) if truth else None
+        if trig is not None:
+            img = trig.image()
+            scale = max(1, 96 // img.shape[-1])
+            atomic_write_bytes(out / "true_trigger.png",
+                               png_bytes(img.repeat_interleave(scale, -1).repeat_interleave(scale, -2)))
+            images["true_trigger"] = "true_trigger.png"
+            result.setdefault("true_target", getattr(truth[0], "target", None))
+    run = {"command": "backdoorlab " + " ".join(argv), "argv": list(argv), "subcommand": args.command,
+           "method": getattr(args, "method", None), "seed": getattr(args, "seed", None),
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "versions": {"backdoorlab": __version__, "torch": torch.__version__,
+                        "python": platform.python_version()},
+           "exit_code": code, "result": result, "images": images}
+    save_json(out / "run.json", run)
+    if want_json:
+        sys.stdout.write(text)
+    else:
+        _console().print(f"saved run to {out}/ — render it with `backdoorlab report {out}`")
+    return code
