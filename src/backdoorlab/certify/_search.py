@@ -92,8 +92,10 @@ def crown_scan(net: ReluNet, first: FirstLayers, regions: list[TriggerRegion], r
             ts = [t for t in rows if not refuted[t][p] and set(grp) & set(rows[t])]
             if ts:
                 need.append((p, ts))
-        if not need:
-            break
+        if not need:  # this group holds no image of a live target (e.g. all of the target class)
+            if all(all(v) for v in refuted.values()):
+                break
+            continue
         step = max(1, batch // len(grp))
         for s0 in range(0, len(need), step):
             part = need[s0:s0 + step]
