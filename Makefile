@@ -11,7 +11,7 @@ STAMP := $(VENV)/.backdoorlab-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test,plot,serve]"
+	$(BIN)/python -m pip install -q -e ".[test,plot,serve,bench]"
 	touch $(STAMP)
 
 venv: $(STAMP)
