@@ -169,7 +169,27 @@ def write_table(cache: dict, command: str) -> str:
         "Papers / peers: spectral signatures removes (nearly) all poison at 5-10% of the target class, ASR "
         "after retraining about 0-1% (Tran et al. 2018, CIFAR-10); activation clustering close to 100% "
         "detection on MNIST (Chen et al. 2018).  BackdoorBench (CIFAR-10, PreAct-ResNet18, BadNets 10%): "
-        "ASR after SS 92.41%, after AC 86.23%.", ""]
+        "ASR after SS 92.41%, after AC 86.23%.", "",
+        "## Which regime is a correct implementation in?", "",
+        "It depends on the poisoned share *of the target class*, not on the implementation alone.", "",
+        "* Papers' regime: the poison is a minority of its class (Tran et al.: 5-10% of the target class; "
+        "Chen et al.: at most a third per class).  The class mean stays near the clean mean, so the poison is "
+        "the one far end of the top singular direction (spectral signatures) and the smaller 2-means cluster "
+        "(activation clustering).  Our planted-poison tests (9% of a class) find all of it with every rule.",
+        "* BackdoorBench's regime (and our CLI default): all-to-one BadNets on 10% of the *whole* set makes the "
+        "target class about half poison (MNIST: 6000 poisoned + 5923 clean 0s).  Then (i) the squared projection "
+        "is symmetric — both clusters are equally far from the class mean (digits: mean projections -8.4 vs "
+        "+8.6) — so removing 1.5 x 50% of the class still leaves a quarter of the poison (MNIST: recall 76%, "
+        "ASR after retraining 53%); (ii) the two activation clusters have the same size, so 'smaller cluster' "
+        "is a coin flip and 'relative size < 0.35' flags nothing (rows 'AC, relative size' / 'silhouette').",
+        "* BackdoorBench's spectral code also cuts at the 85th percentile of the target class only, i.e. "
+        "1.5 x the *global* rate 10% = 15% of a class that is ~50% poison: at most 30% of the poison can go "
+        "(our ε = 0.10 row: MNIST recall 11.7%, ASR after retraining 99.8% — their 92.41%).  It also projects "
+        "the uncentred representations on v.  Their AC uses 'smaller cluster'.  Both numbers are what the "
+        "papers' rules give when the poison is half the class.",
+        "* What works in both regimes is the paper's third analysis, exclusionary reclassification (poison "
+        "keeps its source-class content, so it is the cluster the model attributes to another label): our "
+        "retraining-free version is the 'AC, exclusion' row.", ""]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
@@ -180,11 +200,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="comma-separated setting prefixes (digits, mnist, ...)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="only rewrite the table from the cached results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cache = load_cache()
     chosen = [s for s in SETTINGS if not args.only or any(s.startswith(p) for p in args.only.split(","))]
     command = "python benchmarks/sanitize.py" + (f" --only {args.only}" if args.only else "")
+    if args.table:
+        print(write_table(cache, "python benchmarks/sanitize.py (settings run as separate processes: "
+                                 "--only digits, --only mnist-10%, --only mnist-1.)"))
+        return 0
     for s in chosen:
         if s.startswith("mnist") and not (DATA / "mnist.npz").exists():
             print(f"{s}: skipped (no {DATA / 'mnist.npz'})")

@@ -77,8 +77,7 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 
     from .._stats import auroc
     from ..data import as_tensors
-    from ..defenses.sanitize import SANITIZERS, retrain
-    from ..io import save_model
+    from ..defenses.sanitize import SANITIZERS
     from ..metrics import evaluate
 
     model, meta = c.load_model(args, args.model)
