@@ -90,7 +90,7 @@ def trojan_mask(shape, mask_shape: str = "square", size: float = 0.07, logo: tor
         lg = logo.float()
         lg = lg if lg.dim() == 3 else lg.unsqueeze(0)
         patch = F.interpolate(lg[:1][None], size=(side, side), mode="bilinear", align_corners=False)[0]
-    return PatchTrigger.from_patch(patch.clamp(0, 1), (1, H, W), position).mask
+    return PatchTrigger.from_patch(torch.ones_like(patch), (1, H, W), position, patch_mask=patch.clamp(0, 1)).mask
 
 
 def _restrict_to_neurons(model: torch.nn.Module, name: str, neurons: list[int], later: list[str]) -> list:
@@ -140,13 +140,13 @@ class TrojanNN(ModelAttack):
     trigger_steps: int = 300
     trigger_lr: float = 0.05
     trigger_threshold: float = 0.0
-    samples_per_class: int = 30
-    reverse_steps: int = 200
+    samples_per_class: int = 20
+    reverse_steps: int = 60
     reverse_lr: float = 0.05
     tv_weight: float = 0.02
     retrain_scope: str = "neurons"
-    retrain_epochs: int = 30
-    retrain_lr: float = 0.01
+    retrain_epochs: int = 60
+    retrain_lr: float = 0.03
     batch_size: int = 64
 
     def __post_init__(self) -> None:
