@@ -66,8 +66,10 @@ def verdict_block(run: dict) -> str:
     return f'<div class="verdict info">{_e(run.get("subcommand") or "run")}: {items}</div>'
 
 
-def svg_bars(labels: list, values: list[float], threshold: float | None, title: str) -> str:
-    """A bar chart (e.g. anomaly index per label) as inline SVG, with a dashed threshold line."""
+def svg_bars(labels: list, values: list[float], threshold: float | None, title: str,
+             highlight: set | None = None) -> str:
+    """A bar chart (e.g. anomaly index per label) as inline SVG, with a dashed threshold line;
+    bars in ``highlight`` (default: above the threshold) are red."""
     if not values:
         return ""
     W, H, pad = 640, 240, 30
@@ -77,7 +79,8 @@ def svg_bars(labels: list, values: list[float], threshold: float | None, title: 
     for i, (lab, v) in enumerate(zip(labels, values)):
         h = (H - 2 * pad) * v / vmax
         x = pad + i * bw
-        color = "#e5534b" if threshold is not None and v > threshold else "#54aeff"
+        hot = lab in highlight if highlight is not None else threshold is not None and v > threshold
+        color = "#e5534b" if hot else "#54aeff"
         bars.append(f'<rect x="{x + 2:.1f}" y="{H - pad - h:.1f}" width="{bw - 4:.1f}" height="{h:.1f}" '
                     f'fill="{color}"><title>{_e(lab)}: {v:.3f}</title></rect>'
                     f'<text x="{x + bw / 2:.1f}" y="{H - pad + 14}" font-size="11" text-anchor="middle">{_e(lab)}</text>')
@@ -120,13 +123,17 @@ def render_html(run: dict, images: dict[str, bytes]) -> str:
         if "true_trigger" in images:
             parts.append(_img("true_trigger", images["true_trigger"],
                               f"true trigger (target {r.get('true_target', '?')})"))
-        parts += [_img(k, v, k.replace("_", " ")) for k, v in sorted(trig.items())]
+        suspects = {f"label{t}" for t in r.get("suspects", [])}
+        order = sorted(trig, key=lambda k: (not any(f"_{s}_" in k for s in suspects), k))
+        parts += [_img(k, trig[k], k.replace("_", " ") + (" (suspect)" if any(f"_{s}_" in k for s in suspects)
+                                                           else "")) for k in order]
         parts.append("</div>")
     plots = []
     if isinstance(r.get("anomaly_index"), list):
         labels = r.get("labels") or list(range(len(r["anomaly_index"])))
         thr = r.get("threshold") if isinstance(r.get("threshold"), (int, float)) else None
-        plots.append(svg_bars(labels, [float(v) for v in r["anomaly_index"]], thr, "anomaly index per label"))
+        plots.append(svg_bars(labels, [float(v) for v in r["anomaly_index"]], thr,
+                              "anomaly index per label (flagged in red)", set(r.get("suspects", []))))
     roc = r.get("roc")
     if isinstance(roc, dict) and roc.get("fpr"):
         plots.append(svg_roc(roc["fpr"], roc["tpr"], f"ROC (AUROC {r.get('auroc', '?')})"))
