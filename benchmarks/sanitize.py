@@ -63,6 +63,7 @@ def sanitizers(eps: float) -> dict:
         "SS, ε = 0.10 (BackdoorBench: 1.5 x 10% of the class)": (SpectralSignatures(poison_fraction=0.1), True),
         f"SS, ε = {eps:.2f} (in-class poison bound)": (SpectralSignatures(poison_fraction=eps), eps != 0.1),
         "AC, exclusion (default)": (ActivationClustering(), True),
+        f"SS oriented, ε = {eps:.2f} (orient=True)": (SpectralSignatures(poison_fraction=eps, orient=True), True),
         "PCA outliers (seed 000)": (PCAOutliers(), True),
         "AC, relative size": (ActivationClustering(analysis="relative-size"), False),
         "AC, silhouette + smaller cluster (ART)": (ActivationClustering(analysis="silhouette"), False),

@@ -35,10 +35,13 @@ def test_majority_poison_defeats_the_symmetric_score():
     model, ds, mask = planted(n_poison=200)
     s = SpectralSignatures(poison_fraction=0.5).scan(model, ds)
     assert float(s.flagged[mask].double().mean()) < 0.9
+    # orient=True ranks by the signed projection towards other-label evidence: the poison end only
+    o = SpectralSignatures(poison_fraction=0.5, orient=True).scan(model, ds)
+    assert bool(o.flagged[mask].all()) and int(o.flagged.sum()) == int(s.flagged.sum())
 
 
 @pytest.mark.parametrize("field,value", [("poison_fraction", 0.0), ("poison_fraction", 1.5),
-                                         ("multiplier", -1.0), ("batch_size", 0)])
+                                         ("multiplier", -1.0), ("batch_size", 0), ("orient", 1)])
 def test_invalid_fields_are_named(field, value):
     with pytest.raises(ValueError, match=f"SpectralSignatures.{field}"):
         SpectralSignatures(**{field: value})
