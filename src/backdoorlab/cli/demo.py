@@ -1,7 +1,9 @@
 """``backdoorlab demo``: the whole job end to end on the embedded digits data, in about a minute.
 
 Train a clean model and a BadNets model (3x3 patch -> label 0, 10% poison), measure CA / ASR,
-then audit the backdoored model and its clean twin, repair it, and print one table.
+then audit the backdoored model and its clean twin with Neural Cleanse, repair it by unlearning,
+screen inputs with a calibrated STRIP guard, find the poison in the training set with activation
+clustering, and certify a kNN classifier against poisoning; print one table.
 """
 from __future__ import annotations
 
@@ -61,8 +63,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
            attack_success_rate=ev_b.attack_success_rate)
     rows.append(["(trigger on clean twin)", "clean", f"ASR {c.pct(ev_cg.attack_success_rate)}", "-"])
 
-    for stage in STAGES:
-        stage(args, record, clean=clean, backdoored=bd, goal=poisoned.goal, train=train, test=test, out=out)
+    for stage in STAGES():
+        kw = {"poisoned": poisoned} if stage is stage_sanitize else {}
+        stage(args, record, clean=clean, backdoored=bd, goal=poisoned.goal, train=train, test=test, out=out, **kw)
 
     total = time.perf_counter() - t_start
     data["total_seconds"] = round(total, 2)
@@ -71,6 +74,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# Later stages (audit, repair, filter, certify) are appended here as functions
-# ``stage(args, record, *, clean, backdoored, goal, train, test, out)``.
-STAGES: list = []
+def stage_strip(args, record, *, clean, backdoored, goal, train, test, out) -> None:
+    """STRIP (Gao et al. 2019) as a calibrated Guard at FPR 5%: clean inputs passed, stamped caught."""
+    import torch
+
+    from ..defenses.filter import FILTERS, Guard
+
+    t = time.perf_counter()
+    pool = train.x[torch.randperm(len(train), generator=c.generator(args))[:400]]
+    guard = Guard.calibrate(FILTERS["strip"](n_overlays=32), backdoored, pool, fpr=0.05)
+    frr = float(guard(test.x).flagged.float().mean())
+    stamped = goal.apply(test.x[goal.relevant(test.y)])
+    caught = float(guard(stamped).flagged.float().mean())
+    record("filter strip (FPR 5%)", "backdoored", f"clean withheld {c.pct(frr)}, stamped caught {c.pct(caught)}",
+           time.perf_counter() - t, frr=frr, detection_rate=caught)
+
+
+def stage_sanitize(args, record, *, clean, backdoored, goal, train, test, out, poisoned=None) -> None:
+    """Activation clustering (Chen et al. 2018) on the poisoned training set: which samples are poison?"""
+    from ..defenses.sanitize import SANITIZERS
+
+    if poisoned is None:
+        return
+    t = time.perf_counter()
+    res = SANITIZERS["activation-clustering"]().scan(backdoored, poisoned.dataset)
+    flagged = res.flagged.bool()
+    truth = poisoned.dataset.poison_mask
+    recall = float((flagged & truth).sum()) / max(1, int(truth.sum()))
+    precision = float((flagged & truth).sum()) / max(1, int(flagged.sum()))
+    record("inspect-data activation-clustering", "training set", f"poison recall {c.pct(recall)}, precision {c.pct(precision)}",
+           time.perf_counter() - t, recall=recall, precision=precision)
+
+
+def stage_knn(args, record, *, clean, backdoored, goal, train, test, out) -> None:
+    """Certified kNN (Jia et al. 2022): test accuracy certified against e poisoned training samples."""
+    from ..certify import CERTIFIERS
+
+    t = time.perf_counter()
+    cert = CERTIFIERS["knn"](k=41).certify(train.x, train.y, test.x, num_classes=10)
+    curve = cert.curve(test.y, [0, 5, 10])
+    record("certify knn (k=41)", "digits data", ", ".join(f"e={e}: {c.pct(a)}" for e, a in curve),
+           time.perf_counter() - t, certified_accuracy={str(e): a for e, a in curve})
+
+
+def _stages():
+    from .scan import demo_stage as stage_nc
+
+    return [stage_nc, stage_strip, stage_sanitize, stage_knn]
+
+
+# Stages after training: functions ``stage(args, record, *, clean, backdoored, goal, train, test, out)``.
+STAGES = _stages
