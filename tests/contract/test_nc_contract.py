@@ -2,8 +2,9 @@
 
 Each leaves the input model bit-identical (weights, buffers, requires_grad, modes) with no hooks,
 gives the same result for the same seed, and rejects an invalid field with a ValueError naming it.
-The detector runs on the hand-wired backdoor, whose recovered mask must hit the planted 2x2 patch,
-and on its clean twin, which must not be flagged."""
+The detector runs on a hand-wired backdoor (one pixel at (0, 0) -> label 3; see
+``tests/defenses/test_neural_cleanse.py`` for why one pixel), whose recovered mask must hit the
+planted pixel, and on its clean twin, which must not be flagged."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,9 @@ from backdoorlab.defenses.detect import NeuralCleanse
 from backdoorlab.defenses.filter import Guard
 from backdoorlab.defenses.filter.nc_filter import NCFilter
 from backdoorlab.defenses.mitigate import NCPrune, NCUnlearn
+from backdoorlab.models import HandWiredBackdoor
 from backdoorlab.roles import Detector, InputFilter, Mitigator
+from backdoorlab.triggers import PatchTrigger
 from backdoorlab.types import Repaired, Verdict
 
 FAST = NeuralCleanse(epochs=30, batches_per_epoch=5, batch_size=16, patience=2, early_stop_patience=3)
@@ -47,8 +50,14 @@ def clean(digits):
     return train.x[:240], train.y[:240]
 
 
-def test_detector_contract_on_handwired_and_twin(handwired, clean):
-    model, twin, trig, target = handwired
+@pytest.fixture(scope="module")
+def pixel_handwired(clean_model, digits):
+    trig = PatchTrigger.single_pixel(digits[0].info.input_shape, "top-left", margin=0)
+    return HandWiredBackdoor(clean_model, trig, target=3).eval(), clean_model, trig, 3
+
+
+def test_detector_contract_on_handwired_and_twin(pixel_handwired, clean):
+    model, twin, trig, target = pixel_handwired
     model.train()                                   # modes must come back as they were
     snap = snapshot(model)
     try:
@@ -63,7 +72,7 @@ def test_detector_contract_on_handwired_and_twin(handwired, clean):
     assert v1.backdoored and v1.suspects == (target,)
     rec = v1.evidence.trigger_for(target)
     r0, c0, r1, c1 = trig.bbox()
-    assert float(rec.mask[:, r0:r1, c0:c1].sum()) / rec.l1() > 0.5     # the mask hits the planted patch
+    assert float(rec.mask[:, r0:r1, c0:c1].sum()) / rec.l1() > 0.5     # the mask hits the planted pixel
     assert not FAST.detect(twin, clean, generator=gen(4)).backdoored
 
 

@@ -82,8 +82,8 @@ def test_unlearning_removes_badnets_and_clean_only_does_not(badnets, digits):
     assert attack_success_rate(ctrl.model, goal, test) > 0.5
 
 
-def test_unflagged_model_is_returned_unchanged(handwired, digits):
-    _, twin, _, _ = handwired
+def test_unflagged_model_is_returned_unchanged(clean_model, digits):
+    twin = clean_model
     train, _ = digits
     r = NCUnlearn(detector=FAST).repair(twin, (train.x[:300], train.y[:300]), generator=gen(0))
     assert not r.summary["repaired"] and not r.summary["flagged"] and "trigger" in r.summary
