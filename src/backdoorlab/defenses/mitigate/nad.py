@@ -21,8 +21,10 @@ Deviations:
     as in the official code (``F.mse_loss`` of the normalised maps), for which β = 5000 is tuned;
     the paper writes the (unsquared) L2 norm.
   * Student optimiser: ``training.fit``'s SGD (momentum 0.9, no Nesterov) with a cosine
-    schedule instead of the official Nesterov SGD with step decay; learning rates and epochs scaled to our small CNNs (official CIFAR-10
-    WRN-16-1: teacher 10 epochs, NAD 20 epochs at lr 0.1, batch 64).
+    schedule instead of the official Nesterov SGD with step decay.  Epochs scaled to our small
+    CNNs and 5% of MNIST: teacher 5 epochs at lr 0.05, NAD 10 epochs at lr 0.1 (official CIFAR-10
+    WRN-16-1: teacher 10 epochs, NAD 20 epochs at lr 0.1, batch 64).  On MNIST BadNets a teacher
+    fine-tuned at lr 0.01 kept the backdoor's attention and NAD left ASR at 99.9%.
 """
 from __future__ import annotations
 
@@ -89,9 +91,9 @@ class NAD(Mitigator):
     beta: float = 5000.0
     p: float = 2.0
     teacher_epochs: int = 5
-    teacher_lr: float = 0.01
+    teacher_lr: float = 0.05
     epochs: int = 10
-    lr: float = 0.01
+    lr: float = 0.1
     batch_size: int = 64
     weight_decay: float = 5e-4
 
