@@ -72,7 +72,7 @@ def attacks_table(args) -> str:
     for label, (name, cmd) in MODELS.items():
         got = get(name, cmd, make=not args.no_train)
         if got is None:
-            rows.append(f"| {label} | not run | | | `{cmd}` |")
+            rows.append(f"| {label} | not run (no CPU time left: 2 cores shared by ~40 jobs) | | | `{cmd}` |")
             continue
         ev = evaluate(got[0], test, got[1])
         base = ev.clean_accuracy if base is None else base

@@ -51,13 +51,13 @@ def pair(ds, per_class: int | None):
 
 
 def train_heads(feats: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None,
-                row_feats: torch.Tensor | None = None, steps: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+                row_feats: torch.Tensor | None = None, steps: int = 400, lr: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
     """T logistic-regression heads on shared features; head k sees row ``rows[k]`` replaced by
     ``row_feats[k]`` (its poison).  Full-batch Adam to convergence, no weight decay."""
     T = 1 if rows is None else len(rows)
     W = torch.zeros(T, 2, feats.shape[1], requires_grad=True)
     b = torch.zeros(T, 2, requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=0.01)
+    opt = torch.optim.Adam([W, b], lr=lr)
     for _ in range(steps):
         logits = torch.einsum("nd,tcd->tnc", feats, W) + b[:, None]
         if rows is not None:
@@ -81,14 +81,15 @@ def main() -> None:
     ap.add_argument("--part", choices=["all", "one-shot", "end-to-end"], default="all",
                     help="run one part; end-to-end writes results/poison_frogs_e2e.md")
     ap.add_argument("--targets", type=int, default=100)
-    ap.add_argument("--head-steps", type=int, default=2000)
+    ap.add_argument("--head-steps", type=int, default=600)
+    ap.add_argument("--head-lr", type=float, default=0.05)
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, _ = load_model(CACHE / "mnist-clean.safetensors")
     train, test = pair(load_dataset("mnist", "train", DATA), 900), pair(load_dataset("mnist", "test", DATA), None)
     with torch.no_grad():
         ftr, fte = model.features(train.x), model.features(test.x)
-    W0, b0 = train_heads(ftr, train.y, steps=args.head_steps)
+    W0, b0 = train_heads(ftr, train.y, steps=args.head_steps, lr=args.head_lr)
     clean_pred = head_predict(W0, b0, fte)[0]
     clean_acc = float((clean_pred == test.y).float().mean())
     T = 20 if args.quick else args.targets
@@ -110,7 +111,7 @@ def main() -> None:
         torch.save((poisons, torch.tensor(craft_s)), cache)
     with torch.no_grad():
         fp, ft = model.features(poisons), model.features(targets)
-    W, b = train_heads(ftr, train.y, bases, fp, steps=args.head_steps)
+    W, b = train_heads(ftr, train.y, bases, fp, steps=args.head_steps, lr=args.head_lr)
     success = head_predict(W, b, ft)[torch.arange(T), torch.arange(T)] == 1
     accs = (head_predict(W, b, fte) == test.y).float().mean(1)
     drift = float((poisons - train.x[bases]).flatten(1).norm(dim=1).mean())

@@ -136,6 +136,7 @@ def main() -> None:
            f"{s['retrain_seconds']:.1f} s |",
            "| paper, face recognition | 75.4% | 2.6% | 95.5% | 100% | 12.7 min | 5000 min | 218 min |",
            "| paper, speech recognition | 96% | 3% | 100% | 100% | 2.9 min | 400 min | 21 min |\n"]
+    write_result("trojannn", "\n".join(out + ["(partial: ablations still running)"]))
     if not args.quick:
         def v(**kw):
             return run_variant(model, TrojanNN(**{**BASE, **kw}), xr, yr, test, ext, torch.Generator().manual_seed(0))
@@ -147,6 +148,7 @@ def main() -> None:
                          "Selected vs random neuron (paper Table V: Orig+Tri 91.6% vs 47.4%)", values=True))
         out.append(table([("inner neuron (fc1)", main_v), ("output neuron (target logit)", outn)],
                          "Inner vs output neuron (paper Table VI: Orig+Tri 100% vs 18.7%)", values=True))
+        write_result("trojannn", "\n".join(out + ["(partial: Table VIII sweep still running)"]))
         logo = read_png(apple_logo(CACHE / "apple.png"))[-1]
         sweep = [("1 neuron", main_v), ("2 neurons", v(num_neurons=2)), ("8 neurons", v(num_neurons=8)),
                  ("square", main_v), ("apple logo", v(mask_shape="logo", logo=logo)),
