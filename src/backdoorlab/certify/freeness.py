@@ -8,7 +8,9 @@ Threat model: an attacker may overwrite the pixels S of a trigger region with an
 
 Per target and per trigger position (all positions when the spec is a family):
  1. CROWN/DeepPoly bounds (``bounds``) of every layer with the trigger box free, per image; if
-    ub(z_t - z_j) < 0 for some image and some j, that image alone refutes the position.
+    ub(z_t - z_j) < 0 for some image and some j, that image alone refutes the position.  Images
+    are tried in growing groups (1, 1, 2, 4, ...) on the positions still open, and the bounds are
+    shared by all targets, so a clean network costs about one image's bounds per position.
  2. Joint LP over the shared t with the triangle relaxation (``_lp``), as a feasibility problem.
     Infeasible => ``verified`` -- but only after HiGHS' Farkas ray is checked in exact rational
     arithmetic against OUR matrix (a solver verdict alone is a claim, not a proof).
