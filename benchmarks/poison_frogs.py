@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _util import load_avg, machine, write_result  # noqa: E402
 from backdoorlab._torch import clone_model, predict  # noqa: E402
 from backdoorlab.attacks import PoisonFrogs  # noqa: E402
-from backdoorlab.data import ImageDataset, PoisonedDataset, load_dataset  # noqa: E402
+from backdoorlab.data import ImageDataset, load_dataset  # noqa: E402
 from backdoorlab.io import load_model  # noqa: E402
 from backdoorlab.training import fit  # noqa: E402
 

@@ -15,7 +15,6 @@ run with the same settings (Algorithm 2 does not depend on the trigger).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
