@@ -5,8 +5,8 @@ Population: MNIST BadNets CNNs, 10 infected (targets 0..9; 3x3 / 4x4 squares, th
 pattern and single pixels at several corners, one blended random-noise key) and 10 clean.  The models
 below are trained once and cached in ``runs/detectors/`` (git-ignored), with each detector's
 verdict per model (``NAME.verdicts.json``), so an interrupted run resumes; with
-``--issue3-population`` the Neural Cleanse benchmark's ``benchmarks/population.py:
-load_population()`` is used instead.  To fit the shared 2-core machine each model trains
+``--issue3-population`` the Neural Cleanse benchmark's ``benchmarks/population.py: population()``
+(same recipe, other triggers; it was not trained yet when this benchmark ran) is used instead.  To fit the shared 2-core machine each model trains
 for 2 epochs on a 12,000-image stratified MNIST subset (CA about 98%).
 
 Each model goes through
@@ -104,14 +104,13 @@ def train_one(name: str, train) -> Path:
 
 def population(train, shard: tuple[int, int] = (0, 1), *, issue3: bool = False, train_missing: bool = True):
     """[(name, model, goal or None)]: ours (cached in runs/detectors/), or with ``issue3`` the Neural
-    Cleanse benchmark's ``benchmarks/population.py: load_population()``."""
+    Cleanse benchmark's ``benchmarks/population.py: population()``."""
     spec = ROOT / "benchmarks" / "population.py"
     if issue3 and spec.exists():
         mod_spec = importlib.util.spec_from_file_location("population", spec)
         mod = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(mod)
-        if hasattr(mod, "load_population"):
-            return list(mod.load_population())
+        return [(m.name, m.model.eval(), m.goal) for m in mod.population()]
     out = []
     for i, name in enumerate(list(INFECTED) + CLEAN):
         if i % shard[1] != shard[0]:
@@ -136,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
     ap.add_argument("--issue3-population", action="store_true",
-                    help="use benchmarks/population.py:load_population() (issue 3) instead of our population")
+                    help="use benchmarks/population.py:population() (issue 3) instead of our population")
     ap.add_argument("--only-ready", action="store_true", help="evaluate only models already trained")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -179,12 +178,16 @@ def main(argv=None) -> int:
             f"{dn}:{json.dumps(overrides.get(dn, {}), sort_keys=True)}"].items() if k != "seconds"})
             for dn in dets}
         seconds = {dn: done[f"{dn}:{json.dumps(overrides.get(dn, {}), sort_keys=True)}"]["seconds"] for dn in dets}
-        verdicts["combined"] = combined.combine(verdicts)
-        seconds["combined"] = sum(seconds.values())
+        singles = dict(verdicts)
+        verdicts["combined"] = combined.combine(singles)
+        for rule in ("vote", "all"):
+            verdicts[f"combined-{rule}"] = Combined(detectors=tuple(dets.items()), rule=rule).combine(singles)
+        total = sum(seconds.values())
+        seconds.update({k: total for k in verdicts if k.startswith("combined")})
         records.append({**rec, "verdicts": verdicts, "seconds": seconds})
         print(name, {k: (v.backdoored, v.suspects, round(v.score, 3)) for k, v in verdicts.items()},
               {k: round(v, 1) for k, v in seconds.items()}, flush=True)
-    body = report(records, list(dets) + ["combined"], overrides)
+    body = report(records, list(dets) + ["combined", "combined-vote", "combined-all"], overrides)
     from _util import write_result
 
     if shard == (0, 1) and not args.no_write:
@@ -218,7 +221,9 @@ def report(records, names, overrides) -> str:
         "clean image per class; DF-TND: no data (10 uniform-noise inputs). Target accuracy = infected models "
         "whose top suspect is the true target. Seconds per model on the shared 2-core CPU (other developers' "
         "jobs ran at the same time, so times are indicative only). Overrides: "
-        f"{overrides or 'none (defaults)'}. Combined = `Combined(rule='vote')` (2 of 3 detectors).",
+        f"{overrides or 'none (defaults)'}. "
+        "combined = `Combined()` (rule `lead`: the data-richest detector that ran decides); combined-vote = "
+        "at least half of the detectors flag (1 of 2 here, i.e. any); combined-all = every detector flags.",
         md_table(["detector", "detection rate", "false positives", "target accuracy", "AUROC", "s / model"], rows),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",

@@ -12,8 +12,9 @@ table), ``evidence.labels`` with ``evidence.triggers`` (PNGs) and ``evidence.ano
 (the plot).  Hyper-parameters: ``--set nc.epochs=50`` (repeatable, DETECTOR.FIELD=VALUE).
 
 With several detectors, one summary table lists each detector's verdict, suspects, score and
-seconds plus the combined verdict of ``defenses.detect.combined.Combined`` (``--rule vote``: 2 of
-3 by default; ``any`` / ``all``), which is also the top-level verdict of ``--json`` and
+seconds plus the combined verdict of ``defenses.detect.combined.Combined`` (``--rule lead``: the
+data-richest detector that ran decides, nc > dl-tnd > df-tnd; ``vote``: at least half of them;
+``any`` / ``all``), which is also the top-level verdict of ``--json`` and
 ``--fail-on-detect``.  ``--no-data`` loads no dataset: only data-free detectors (df-tnd) run, the
 others are listed as skipped.
 """
@@ -45,8 +46,9 @@ def register(sub, groups) -> None:
                    help="instead of --clean-fraction: this many clean samples per class")
     p.add_argument("--no-data", action="store_true",
                    help="use no clean data: run only data-free detectors (df-tnd), skip the others")
-    p.add_argument("--rule", default="vote", choices=["vote", "any", "all"],
-                   help="how several detectors' verdicts combine (default vote: a strict majority)")
+    p.add_argument("--rule", default="lead", choices=["lead", "vote", "any", "all"],
+                   help="how several detectors' verdicts combine (default lead: the data-richest detector "
+                        "that ran decides; vote: at least half of them)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="DETECTOR.FIELD=VALUE",
                    help="a detector hyper-parameter, e.g. nc.epochs=50 (repeatable)")
     c.add_common(p)
@@ -176,7 +178,8 @@ def combine(results: dict, detectors: dict, rule: str, skipped: list):
 def render_summary(args, results: dict, combined) -> None:
     ev = combined.evidence
     cols, rows = ev.table()
-    rows.append([f"combined ({ev.rule}, {ev.quorum} of {len(ev.verdicts)})",
+    rows.append([f"combined ({ev.rule})" if ev.rule.startswith("lead") else
+                 f"combined ({ev.rule}, {ev.quorum} of {len(ev.verdicts)})",
                  "BACKDOORED" if combined.backdoored else "clean",
                  ",".join(map(str, combined.suspects)) or "-", round(combined.score, 4),
                  round(combined.threshold, 4), round(sum(sec for _, sec in results.values()), 2)])

@@ -11,8 +11,15 @@ gets its own generator, seeded in order from the caller's generator (so the same
 same combined result).
 
 Combined rule (``rule``), over the detectors that ran:
-- ``"vote"`` (default): backdoored when at least ``quorum`` detectors say so (default: a strict
-  majority, i.e. 2 of 3; 1 when only one ran).  Suspects are the labels named by at least
+- ``"lead"`` (default): the verdict and suspects of the data-richest detector that ran (order
+  ``PRIORITY``: Neural Cleanse, then DL-TND, then DF-TND, then any other in the given order); the
+  others only add their votes to the evidence.  Chosen because on the MNIST population of
+  ``benchmarks/detectors.py`` no vote beats DL-TND alone: DF-TND's false positives make "any" worse
+  and "all" halves the detection rate; "lead" is, by construction, as good as the lead detector and
+  still answers with DF-TND when no data is given (``--no-data``).  Score = lead score / threshold,
+  threshold 1.
+- ``"vote"``: backdoored when at least ``quorum`` detectors say so (default: at least half
+  of those that ran, rounded up: 2 of 3, 1 of 2, 1 of 1).  Suspects are the labels named by at least
   ``quorum`` detectors, most-voted first; when the quorum is met without an agreed label, the
   suspects of the detector with the largest score / threshold ratio.
 - ``"any"``: backdoored when any detector says so (highest recall, false positives add up).
@@ -33,7 +40,8 @@ from ..._validation import one_of
 from ...roles import Detector, Progress
 from ...types import Verdict
 
-RULES = ("vote", "any", "all")
+RULES = ("lead", "vote", "any", "all")
+PRIORITY = ("neural-cleanse", "dl-tnd", "df-tnd")  # data-richest first
 DATA_FREE = ("df-tnd",)  # registry names of detectors that need no clean data
 
 
@@ -59,7 +67,7 @@ class Combined(Detector):
     """Several detectors (``(name, detector)`` pairs) under one documented rule (module doc)."""
 
     detectors: tuple[tuple[str, Detector], ...]
-    rule: str = "vote"
+    rule: str = "lead"
     quorum: int | None = None
 
     def __post_init__(self) -> None:
@@ -105,7 +113,9 @@ class Combined(Detector):
                 skipped: tuple[str, ...] = ()) -> Verdict:
         """The combined rule over already computed verdicts (the benchmark reuses it)."""
         n = len(verdicts)
-        quorum = {"any": 1, "all": n}.get(self.rule, self.quorum or n // 2 + 1)
+        if self.rule == "lead":
+            return self._lead(verdicts, seconds, skipped)
+        quorum = {"any": 1, "all": n}.get(self.rule, self.quorum or (n + 1) // 2)
         quorum = min(quorum, n)
         flags = sum(v.backdoored for v in verdicts.values())
         votes: dict[int, int] = {}
@@ -128,6 +138,19 @@ class Combined(Detector):
                                     skipped=tuple(skipped), votes=votes, rule=self.rule, quorum=quorum)
         return Verdict(backdoored=backdoored, score=float(score), threshold=quorum - 0.5,
                        suspects=suspects, evidence=evidence)
+
+    def _lead(self, verdicts, seconds, skipped) -> Verdict:
+        rank = {n: i for i, n in enumerate(PRIORITY)}
+        order = sorted(verdicts, key=lambda n: (rank.get(n, len(PRIORITY)), list(verdicts).index(n)))
+        lead = verdicts[order[0]]
+        votes: dict[int, int] = {}
+        for v in verdicts.values():
+            for s in (v.suspects if v.backdoored else ()):
+                votes[int(s)] = votes.get(int(s), 0) + 1
+        evidence = CombinedEvidence(verdicts=dict(verdicts), seconds=dict(seconds or {k: 0.0 for k in verdicts}),
+                                    skipped=tuple(skipped), votes=votes, rule=f"lead ({order[0]})", quorum=1)
+        return Verdict(backdoored=lead.backdoored, score=float(_ratio(lead)), threshold=1.0,
+                       suspects=tuple(lead.suspects), evidence=evidence)
 
     @staticmethod
     def _shared_tensors(clean):
