@@ -155,7 +155,8 @@ def main(argv=None) -> int:
                 continue
             table.setdefault(name, {})[s] = run_cell(s, name, m, five, cells)
         if s.startswith("mnist") and (not args.methods or "I-BAU" in args.methods):
-            table.setdefault("I-BAU, 100 clean samples", {})[s] = run_cell(s, "I-BAU", IBAU(), ("per_class", 10), cells)
+            table.setdefault("I-BAU, 100 clean samples, 10 rounds", {})[s] = run_cell(
+                s, "I-BAU", IBAU(rounds=10), ("per_class", 10), cells)
     if not args.no_write:
         write(table, settings)
     return 0

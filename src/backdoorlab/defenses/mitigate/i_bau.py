@@ -27,7 +27,14 @@ Deviations:
     official UAP step uses the model's predictions; they agree on clean data the model fits).
   * Φ in (3)/(4) uses the current outer mini-batch (the official code always uses the first batch).
   * Outer loss: as in the official code only a fraction ``perturbed_fraction`` of each mini-batch
-    carries δ (official: 1%), the rest is plain clean loss that keeps clean accuracy.
+    carries δ (official: 1%, ours 5%), the rest is plain clean loss that keeps clean accuracy.
+  * α = 0.01 instead of 0.1: ∂_δ Φ = I - α ∇²_δ g has eigenvalues above 1 wherever the loss is
+    curved in δ (g = -H + λ||δ||² is not convex), so the K-term Neumann series grows like
+    (1 + α h)^K; with α = 0.1 on MNIST the implicit term dominated and clean accuracy fell to 89-91%
+    (α = 0.01: 96%, with 5% perturbed samples higher).  ε = 3 (L2, pixel units) bounds δ to a few
+    patch-sized pixels' worth of change on 28x28 images.
+  * Defaults: one round (30 outer steps on 3,000 MNIST images).  With 100 clean samples one round
+    is a single outer step; use more rounds (the benchmark uses 10).
 """
 from __future__ import annotations
 
@@ -93,28 +100,28 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
 class IBAU(Mitigator):
     """I-BAU (Algorithm 1 with the fixed-point implicit hypergradient).
 
-    rounds:             outer rounds (official ``n_rounds``: 5).
+    rounds:             outer rounds, each one pass over the clean set (official ``n_rounds``: 5).
     fixed_point_steps:  K, fixed-point iterations approximating v in eq. (4) (official 5).
     lr:                 outer Adam learning rate (official 1e-3).
     batch_size:         outer / inner mini-batch size (official 100).
     uap_steps:          SGD steps of the inner solver per round.
     uap_lr:             inner SGD learning rate (official 10).
     epsilon:            L2 radius ε of the universal perturbation in pixel units (0 = no projection).
-    alpha:              step α of the fixed-point map Φ, eq. (3) (official 0.1).
+    alpha:              step α of the fixed-point map Φ, eq. (3) (official 0.1, ours 0.01).
     reg:                λ of eq. (2) (official 0.001).
-    perturbed_fraction: share of each outer mini-batch that carries δ (official 0.01).
+    perturbed_fraction: share of each outer mini-batch that carries δ (official 0.01, ours 0.05).
     """
 
-    rounds: int = 3
+    rounds: int = 1
     fixed_point_steps: int = 5
     lr: float = 1e-3
     batch_size: int = 100
     uap_steps: int = 20
     uap_lr: float = 10.0
-    epsilon: float = 10.0
-    alpha: float = 0.1
+    epsilon: float = 3.0
+    alpha: float = 0.01
     reg: float = 1e-3
-    perturbed_fraction: float = 0.5
+    perturbed_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         positive("IBAU", "rounds", self.rounds, integer=True)
