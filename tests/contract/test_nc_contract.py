@@ -52,7 +52,9 @@ def clean(digits):
 
 @pytest.fixture(scope="module")
 def pixel_handwired(clean_model, digits):
-    trig = PatchTrigger.single_pixel(digits[0].info.input_shape, "top-left", margin=0)
+    mask, pattern = torch.zeros(1, 8, 8), torch.zeros(1, 8, 8)
+    mask[0, 0, 0], pattern[0, 0, 0] = 0.5, 1.0          # s(x) = ReLU(x[0, 0] / 2): no dead zone
+    trig = PatchTrigger(mask=mask, pattern=pattern)
     return HandWiredBackdoor(clean_model, trig, target=3).eval(), clean_model, trig, 3
 
 

@@ -28,13 +28,16 @@ def clean_x(digits):
 
 @pytest.fixture(scope="module")
 def pixel_handwired(clean_model, digits):
-    """A single bright pixel at (0, 0) hand-wired to label 3, and its clean twin.
+    """Pixel (0, 0) hand-wired to label 3 (mask 1/2, pattern 1), and its clean twin.
 
-    The shared ``handwired`` fixture's 2x2 neuron is a conjunction (it fires only once all four
-    pixels are near 1), so it gives no gradient until a random mask happens to light all four:
-    gradient-based trigger search finds it only by chance.  One pixel keeps the planted ground truth
-    exact while giving Neural Cleanse the gradient it relies on."""
-    trig = PatchTrigger.single_pixel(digits[0].info.input_shape, "top-left", margin=0)
+    The shared ``handwired`` fixture's neuron has a dead zone: it fires only once the patch is
+    almost exactly the pattern, so it gives no gradient until a random mask happens to land there,
+    and gradient-based trigger search finds it only by chance (a 1-pixel binary trigger too: its
+    threshold is 1/2).  With mask 1/2 the neuron is s = ReLU(x[0,0] / 2), linear in the pixel; the
+    planted ground truth stays exact (digits' corner pixel is 0, so clean accuracy is unchanged)."""
+    mask, pattern = torch.zeros(1, 8, 8), torch.zeros(1, 8, 8)
+    mask[0, 0, 0], pattern[0, 0, 0] = 0.5, 1.0          # s(x) = ReLU(x[0, 0] / 2): no dead zone
+    trig = PatchTrigger(mask=mask, pattern=pattern)
     return HandWiredBackdoor(clean_model, trig, target=3).eval(), clean_model, trig, 3
 
 
