@@ -168,6 +168,24 @@ def main(argv=None) -> int:
     return 0
 
 
+def lp_vs_milp(agg) -> str:
+    by_kind: dict = {}
+    for (kind, spec, K), a in agg.items():
+        d = by_kind.setdefault((kind, spec), {})
+        for m, n in a["by"].items():
+            d[m] = d.get(m, 0) + n
+    clean = by_kind.get(("clean", "3x3"), {})
+    relax = clean.get("crown", 0) + clean.get("lp", 0)
+    tot = sum(clean.values()) or 1
+    nopgd = by_kind.get(("badnets", "true-no-attack"), {})
+    return (f"On the clean networks the relaxation alone (CROWN, then the LP) decided {relax}/{tot} positions "
+            f"({relax / tot:.0%}). With PGD switched off on the BadNets true region, the LP's own point was a "
+            f"working trigger {nopgd.get('lp', 0)} times, the MILP found one {nopgd.get('milp', 0)} times and "
+            f"timed out {sum(n for m, n in nopgd.items() if 'timeout' in m)} times: the triangle relaxation is "
+            "what proves freeness, while backdoors are found by the concrete search, with the MILP as the "
+            "complete fallback.")
+
+
 def render(log, args, n_grid: int) -> str:
     S = ("verified", "falsified", "boundary", "unknown")
     lines = ["# Verifying backdoor-freeness (Pham & Sun, CAV 2022): MNIST FC grid", "",
@@ -233,9 +251,7 @@ def render(log, args, n_grid: int) -> str:
               "triangle LP is infeasible with an exactly checked Farkas ray (verified) or its point is a "
               "working trigger (falsified); `attack` = PGD found the trigger; `milp`/`split` = the complete "
               "MILP decided (a MILP 'infeasible' only counts once box splitting proves it).", "",
-              "**LP vs MILP.** On clean networks the relaxation alone (crown + lp) decides; the "
-              "'no PGD' rows show how often the LP's own point is already a trigger on backdoored "
-              "networks and how often the complete MILP is needed.", "",
+              "**LP vs MILP.** " + lp_vs_milp(agg), "",
               f"**Paper.** {PAPER}", ""]
     return "\n".join(lines)
 
