@@ -78,3 +78,27 @@ def test_shared_run_and_no_data(clean_model, digits):
     assert nodata.evidence.quorum == 1
     with pytest.raises(ValueError, match="needs clean data"):
         Combined.from_names(["dl-tnd"]).detect(clean_model, None)
+
+
+def test_cli_scan_table_combined_and_no_data(clean_model, digits, tmp_path, capsys):
+    import json
+
+    from backdoorlab.cli import main
+    from backdoorlab.io import save_model
+
+    train, _ = digits
+    path = tmp_path / "m.safetensors"
+    save_model(path, clean_model, dataset=train.info.to_json())
+    fast = ["--set", "dl-tnd.steps=3", "--set", "df-tnd.steps=3", "--set", "df-tnd.refine-steps=1", "--no-files"]
+    assert main(["scan", str(path), "--detectors", "dl-tnd,df-tnd", "--json", *fast]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["detectors"]) == {"dl-tnd", "df-tnd"} and data["rule"] == "lead"
+    assert data["backdoored"] == data["detectors"]["dl-tnd"]["backdoored"] == data["combined"]["backdoored"]
+    assert main(["scan", str(path), "--detectors", "dl-tnd,df-tnd", "--no-data", "--json", *fast]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["detectors"]) == {"df-tnd"} and data["combined"]["skipped"] == ["dl-tnd"]
+    assert data["clean_samples"] == 0
+    assert main(["scan", str(path), "--detectors", "dl-tnd", "--no-data", *fast]) == 2
+    assert main(["scan", str(path), "--detectors", "dl-tnd,df-tnd", *fast]) == 0
+    out = capsys.readouterr().out
+    assert "scan summary" in out and "combined (lead (dl-tnd))" in out
