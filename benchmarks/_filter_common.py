@@ -14,7 +14,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # dataset -> (architecture, trigger, side, epochs, lr): BadNets bottom-right, target 0, 10% poison.
 # "square" = solid white square; "checker" = black/white checkerboard (visible on bright signs too).
-SETTINGS = {"mnist": ("badnets-cnn", "square", 3, 6, 0.05), "gtsrb": ("badnets-cnn", "checker", 4, 10, 0.02),
+SETTINGS = {"mnist": ("badnets-cnn", "square", 3, 6, 0.05), "gtsrb": ("badnets-cnn", "square", 4, 8, 0.02),
             "cifar10": ("badnets-cnn", "checker", 4, 30, 0.05), "digits": ("digits-cnn", "square", 3, 30, 0.05)}
 
 

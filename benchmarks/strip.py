@@ -94,7 +94,7 @@ def run(name: str, args) -> list[str]:
     from backdoorlab._torch import predict
 
     effective = predict(model, xt) == goal.target_for(yt)   # stamped inputs the backdoor actually flips
-    strip = Strip(n_overlays=args.n_overlays)
+    strip = Strip(n_overlays=args.n_overlays, superimpose=args.superimpose)
     t0 = time.thread_time()
     h_cal, h_clean, h_troj = (strip.entropy(model, v, pool) for v in (cal, xc, xt))
     secs = time.thread_time() - t0
@@ -107,7 +107,7 @@ def run(name: str, args) -> list[str]:
         paper = PAPER.get(name, {}).get(frr)
         rows.append([pct(frr, 1), pct(frr_test), pct(far), pct(far_eff), pct(normal_fit_far(h_cal, h_troj, frr)),
                      "-" if paper is None else pct(paper)])
-    lines += [f"STRIP, N = {args.n_overlays} overlays, superimposition = sum clipped to [0, 1]; "
+    lines += [f"STRIP, N = {args.n_overlays} overlays, superimposition = {args.superimpose}; "
               f"{len(cal)} calibration, {len(xc)} clean + {len(xt)} trojaned test inputs "
               f"({1e3 * secs / (len(cal) + len(xc) + len(xt)):.2f} CPU ms per input on 1 thread). "
               f"Clean entropy mean {float(h_clean.mean()):.3f} (sd {float(h_clean.std()):.3f}), trojaned "
@@ -149,6 +149,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["mnist", "gtsrb"])
     ap.add_argument("--n-overlays", type=int, default=100)
+    ap.add_argument("--superimpose", default="add", choices=["add", "blend"],
+                    help="add = sum clipped to [0, 1] (default); blend = 50/50 linear blend")
     ap.add_argument("--pool", type=int, default=1000)
     ap.add_argument("--cal", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=2000)

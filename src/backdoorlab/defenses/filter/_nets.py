@@ -13,7 +13,8 @@ from ...training import init_weights
 
 
 class ConvAutoencoder(nn.Module):
-    """conv 32 -> conv 64 /2 -> conv ``code`` /2 (the bottleneck) -> up 64 -> up 32 -> conv C, sigmoid.
+    """conv 32 -> conv 64 /2 -> conv ``code`` /2 (the bottleneck) -> up, conv 64 -> conv 32 -> up,
+    conv C, sigmoid.
     Works for any H x W (decoder upsamples to the encoder's sizes)."""
 
     def __init__(self, channels: int, code: int):
@@ -30,8 +31,8 @@ class ConvAutoencoder(nn.Module):
         h2 = F.relu(self.e2(h1))
         z = F.relu(self.e3(h2))
         u = F.relu(self.d3(F.interpolate(z, size=h2.shape[-2:], mode="nearest")))
-        u = F.relu(self.d2(F.interpolate(u, size=h1.shape[-2:], mode="nearest")))
-        return torch.sigmoid(self.d1(u))
+        u = F.relu(self.d2(u))                                        # at half resolution (cheap)
+        return torch.sigmoid(self.d1(F.interpolate(u, size=x.shape[-2:], mode="bilinear", align_corners=False)))
 
 
 class Inpainter(nn.Module):
