@@ -38,8 +38,8 @@ def test_radius_never_exceeds_exact_distance_and_approaches_it():
     model, x, dist = _setup()
     sigma = 0.25
     gaps = {}
-    for n in (1_000, 100_000):
-        cert = RandomizedSmoothing(sigma=sigma, n0=100, n=n, alpha=0.01, batch_size=20_000).certify(
+    for n in (1_000, 50_000):
+        cert = RandomizedSmoothing(sigma=sigma, n0=100, n=n, alpha=0.01, batch_size=25_000).certify(
             model, x, generator=torch.Generator().manual_seed(n))
         ok = cert.prediction != ABSTAIN
         # soundness: violations only at the alpha failure rate (expected 0.4 of 40; P[> 3] < 0.001)
@@ -49,8 +49,8 @@ def test_radius_never_exceeds_exact_distance_and_approaches_it():
         assert torch.equal(cert.prediction[ok], side[ok])
         inside = ok & (dist > 0.2 * sigma) & (dist < 2 * sigma)
         gaps[n] = float((dist - cert.radius)[inside].mean() / sigma)
-    assert gaps[100_000] < gaps[1_000]
-    assert gaps[100_000] < 0.05
+    assert gaps[50_000] < gaps[1_000]
+    assert gaps[50_000] < 0.08
 
 
 def test_predict_abstains_on_the_hyperplane_and_answers_far_from_it():
@@ -91,12 +91,12 @@ def test_noise_training_then_certify_on_digits(digits):
 
     train, test = digits
     info = train.info
-    model = init_weights(build("digits-cnn", input_shape=info.input_shape, num_classes=10, mean=info.mean,
+    model = init_weights(build("mlp", input_shape=info.input_shape, num_classes=10, hidden=[64], mean=info.mean,
                                std=info.std), torch.Generator().manual_seed(0))
-    train_with_noise(model, train, sigma=0.25, generator=torch.Generator().manual_seed(0), epochs=8,
+    train_with_noise(model, train, sigma=0.25, generator=torch.Generator().manual_seed(0), epochs=10,
                      batch_size=64, lr=0.05)
     before = [p.clone() for p in model.parameters()]
-    cert = RandomizedSmoothing(sigma=0.25, n0=50, n=500, alpha=0.001).certify(
+    cert = RandomizedSmoothing(sigma=0.25, n0=50, n=300, alpha=0.001).certify(
         model, test.x[:60], generator=torch.Generator().manual_seed(1))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert cert.certified_accuracy(test.y[:60], 0.0) > 0.7
