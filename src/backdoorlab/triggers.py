@@ -268,6 +268,8 @@ TRIGGER_KINDS: dict[str, type[Trigger]] = {"patch": PatchTrigger, "blend": Blend
 def trigger_from_tensors(kind: str, tensors: dict[str, torch.Tensor], params: dict) -> Trigger:
     """Rebuild a trigger saved by ``io.save_ground_truth`` (kind + tensors + params)."""
     if kind not in TRIGGER_KINDS:
+        from . import attacks  # noqa: F401  (registers the attack-specific trigger kinds)
+    if kind not in TRIGGER_KINDS:
         raise ValueError(f"trigger kind must be one of {sorted(TRIGGER_KINDS)}; got {kind!r}.")
     return TRIGGER_KINDS[kind](**tensors, **params)
 
