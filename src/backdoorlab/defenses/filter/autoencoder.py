@@ -42,8 +42,8 @@ class AutoencoderPurifier(Purifier):
 
     code: int = 8
     epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-3
+    batch_size: int = 32
+    lr: float = 5e-3
 
     def __post_init__(self) -> None:
         positive("AutoencoderPurifier", "code", self.code, integer=True)
