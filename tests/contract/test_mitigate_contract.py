@@ -25,7 +25,7 @@ def gen(seed: int) -> torch.Generator:
 
 # Fields with these names are made small for every mitigator (any present field is used).
 CHEAP = {"epochs": 1, "teacher_epochs": 1, "rounds": 1, "uap_steps": 2, "fixed_point_steps": 2,
-         "steps": 20, "reverse_steps": 20, "unlearn_epochs": 1}
+         "steps": 20, "reverse_steps": 20, "unlearn_epochs": 1, "min_outer_steps": 1}
 # Per-method overrides on top of CHEAP.
 OVERRIDES: dict[str, dict] = {}
 

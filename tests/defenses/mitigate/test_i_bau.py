@@ -94,3 +94,18 @@ def test_fields_are_checked():
         IBAU(perturbed_fraction=0.0)
     with pytest.raises(ValueError, match="IBAU.fixed_point_steps"):
         IBAU(fixed_point_steps=0)
+    with pytest.raises(ValueError, match="IBAU.min_outer_steps"):
+        IBAU(min_outer_steps=0)
+
+
+def test_small_clean_sets_get_more_rounds(badnets, digits):
+    """min_outer_steps: 60 samples at batch 20 are 3 steps a round; 7 steps need 3 rounds, each
+    re-solving δ; a larger round count is kept as given."""
+    model, _, _ = badnets
+    clean = clean_subset(digits[0], per_class=6, generator=gen(0))
+    cheap = dict(batch_size=20, uap_steps=1, fixed_point_steps=1)
+    rep = IBAU(min_outer_steps=7, **cheap).repair(model, clean, generator=gen(1))
+    assert rep.summary["rounds"] == 3 and rep.summary["outer_steps"] == 9
+    assert len(rep.summary["delta_norms"]) == 3
+    rep = IBAU(rounds=4, min_outer_steps=7, **cheap).repair(model, clean, generator=gen(1))
+    assert rep.summary["rounds"] == 4 and rep.summary["outer_steps"] == 12

@@ -35,8 +35,7 @@ def mnist_badnets(shared_data):
     (NAD(), 0.02, 0.015, ("fraction", 0.05)),
     (IBAU(), 0.02, 0.015, ("fraction", 0.05)),
     (FinePruning(), 0.10, 0.02, ("fraction", 0.05)),
-    pytest.param(IBAU(rounds=10), 0.10, 1.0, ("per_class", 10), marks=pytest.mark.xfail(
-        reason="100 clean samples: measured 16% ASR (benchmarks/results/repair.md)", strict=False)),
+    (IBAU(), 0.10, 0.05, ("per_class", 10)),  # 100 samples: 30 rounds of one step (min_outer_steps)
 ])
 def test_acceptance(method, max_asr, max_drop, clean, mnist_badnets):
     model, goal, train, test, before = mnist_badnets

@@ -33,8 +33,16 @@ Deviations:
     (1 + α h)^K; with α = 0.1 on MNIST the implicit term dominated and clean accuracy fell to 89-91%
     (α = 0.01: 96%, with 5% perturbed samples higher).  ε = 3 (L2, pixel units) bounds δ to a few
     patch-sized pixels' worth of change on 28x28 images.
-  * Defaults: one round (30 outer steps on 3,000 MNIST images).  With 100 clean samples one round
-    is a single outer step; use more rounds (the benchmark uses 10).
+  * Total outer steps: at least ``min_outer_steps`` (default 30).  A run makes
+    max(rounds, ceil(min_outer_steps / ceil(n / batch_size))) rounds, each one pass as in the
+    official code, so δ is re-solved before every pass.  On 3,000 MNIST images (5%) one round is
+    already 30 steps and nothing changes; with 100 clean samples a round is a single outer step,
+    so the run becomes 30 rounds of (inner solve, one implicit-hypergradient step).  The value 30
+    is the step count of the 5% setting, not tuned on the 100-sample setting.  Tried and rejected
+    (first 2,000 MNIST test images, BadNets pattern, 100 samples): several passes per round with
+    δ fixed (8 rounds x 30 steps: ASR still 70%; the model only becomes robust to one stale δ);
+    10 rounds of one step (the old benchmark row) left 16% ASR on the full test set.
+  * Defaults: one round.
 """
 from __future__ import annotations
 
@@ -110,6 +118,8 @@ class IBAU(Mitigator):
     alpha:              step α of the fixed-point map Φ, eq. (3) (official 0.1, ours 0.01).
     reg:                λ of eq. (2) (official 0.001).
     perturbed_fraction: share of each outer mini-batch that carries δ (official 0.01, ours 0.05).
+    min_outer_steps:    least total number of outer steps; small clean sets get more rounds
+                        (each re-solving δ) until rounds * ceil(n / batch_size) reaches it.
     """
 
     rounds: int = 1
@@ -122,6 +132,7 @@ class IBAU(Mitigator):
     alpha: float = 0.01
     reg: float = 1e-3
     perturbed_fraction: float = 0.05
+    min_outer_steps: int = 30
 
     def __post_init__(self) -> None:
         positive("IBAU", "rounds", self.rounds, integer=True)
@@ -134,6 +145,7 @@ class IBAU(Mitigator):
         positive("IBAU", "alpha", self.alpha)
         positive("IBAU", "reg", self.reg, allow_zero=True)
         in_range("IBAU", "perturbed_fraction", self.perturbed_fraction, 0.0, 1.0, lo_open=True)
+        positive("IBAU", "min_outer_steps", self.min_outer_steps, integer=True)
 
     def repair(self, model: nn.Module, clean, *, generator: torch.Generator | None = None,
                progress: Progress = None) -> Repaired:
@@ -145,9 +157,10 @@ class IBAU(Mitigator):
         opt = torch.optim.Adam(params, lr=self.lr)
         n, bs = len(y), self.batch_size
         batches = -(-n // bs)
-        total, done = self.rounds * (self.uap_steps + batches), 0
+        rounds = max(self.rounds, -(-self.min_outer_steps // batches))  # small sets: more rounds
+        total, done = rounds * (self.uap_steps + batches), 0
         norms, losses = [], []
-        for _ in range(self.rounds):
+        for _ in range(rounds):
             # inner maximisation: a universal perturbation against the current θ, eq. (2)
             delta = universal_perturbation(new, x, y, steps=self.uap_steps, lr=self.uap_lr, reg=self.reg,
                                            epsilon=self.epsilon, batch_size=bs, generator=generator)
@@ -174,5 +187,6 @@ class IBAU(Mitigator):
             losses.append(float(round_loss) / n)
         for p in params:
             p.grad = None
-        return Repaired(model=new.eval(), summary={"rounds": self.rounds, "delta_norms": norms,
+        return Repaired(model=new.eval(), summary={"rounds": rounds, "outer_steps": rounds * batches,
+                                                   "delta_norms": norms,
                                                    "outer_losses": losses, "clean_samples": n})
