@@ -126,3 +126,20 @@ def test_loopback_load_no_server_errors(served):
     server.should_exit = True
     th.join(timeout=10)
     assert len(statuses) == 120 and all(s == 200 for s in statuses)
+
+
+def test_deeply_nested_json_and_huge_png_are_4xx(served):
+    app, *_ = served
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.post("/predict", content=b"[" * 200_000, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    big = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4096, 4096, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x04" + b"\x00" * 4096)) + chunk(b"IEND", b""))
+    r = client.post("/predict", content=big, headers={"content-type": "image/png"})
+    assert r.status_code == 415 and "exceeds the limit" in r.json()["error"]

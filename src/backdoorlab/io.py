@@ -144,12 +144,13 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     meta = load_json(side)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "arch" not in meta:
         raise ModelFileError(f"{side}: not a backdoorlab model sidecar (format {FORMAT!r} with 'arch').")
-    try:
-        model = build(meta["arch"], **meta.get("arch_kwargs", {}))
-    except (TypeError, ValueError) as e:
-        raise ModelFileError(f"{side}: cannot build architecture {meta.get('arch')!r} ({e}).") from None
     state = read_state_dict(path)
-    expected = model.state_dict()
+    try:  # on the meta device nothing is allocated: a hostile sidecar (hidden=[10**9]) costs nothing
+        with torch.device("meta"):
+            skeleton = build(meta["arch"], **meta.get("arch_kwargs", {}))
+    except (TypeError, ValueError, RuntimeError, MemoryError) as e:
+        raise ModelFileError(f"{side}: cannot build architecture {meta.get('arch')!r} ({e}).") from None
+    expected = skeleton.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
         raise ModelFileError(f"{path}: weights do not match architecture {meta['arch']!r} "
@@ -161,6 +162,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
                                  f"{tuple(expected[k].shape)} — wrong number of classes or input size?")
         if torch.is_floating_point(v) and not torch.isfinite(v).all():
             raise ModelFileError(f"{path}: tensor {k} contains NaN or infinite values.")
+    model = build(meta["arch"], **meta.get("arch_kwargs", {}))  # shapes now match the file's tensors
     model.load_state_dict(state)
     model.eval()
     return model.to(device), meta
@@ -257,8 +259,9 @@ def read_png(path: str | Path) -> torch.Tensor:
 MAX_PNG_PIXELS = 4096 * 4096
 
 
-def decode_png(data: bytes) -> torch.Tensor:
-    """Decode PNG bytes (8-bit, non-interlaced grey / grey+alpha / RGB / RGBA) into (C, H, W) in [0,1]."""
+def decode_png(data: bytes, max_pixels: int | None = None) -> torch.Tensor:
+    """Decode PNG bytes (8-bit, non-interlaced grey / grey+alpha / RGB / RGBA) into (C, H, W) in [0,1].
+    Images above ``max_pixels`` (default ``MAX_PNG_PIXELS``) are refused before anything is decoded."""
     import numpy as np
 
     try:
@@ -279,8 +282,9 @@ def decode_png(data: bytes) -> torch.Tensor:
         if depth != 8 or interlace or ctype not in (0, 2, 4, 6):
             raise ValueError("only 8-bit non-interlaced grey/RGB/RGBA PNG is supported")
         C = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
-        if W * H > MAX_PNG_PIXELS:
-            raise ValueError(f"image of {W}x{H} pixels exceeds the limit of {MAX_PNG_PIXELS} pixels")
+        limit = MAX_PNG_PIXELS if max_pixels is None else max_pixels
+        if W * H > limit:
+            raise ValueError(f"image of {W}x{H} pixels exceeds the limit of {limit} pixels")
         expected = H * (1 + W * C)
         raw = zlib.decompressobj().decompress(idat, expected)  # bounded: no decompression bomb
         raw = np.frombuffer(raw, np.uint8).reshape(H, 1 + W * C)

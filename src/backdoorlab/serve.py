@@ -37,7 +37,9 @@ def _parse_json(body: bytes, shape: tuple[int, ...]) -> torch.Tensor:
     try:
         obj = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(400, f"body is not valid JSON ({e.msg}); send {{\"inputs\": [...]}} or a PNG.") from None
+        raise BadInput(400, f"body is not valid JSON ({getattr(e, 'msg', e)}); send {{\"inputs\": [...]}} or a PNG.") from None
+    except (RecursionError, MemoryError):
+        raise BadInput(400, "JSON body is nested too deeply; send {\"inputs\": [...]} of shape (N, C, H, W).") from None
     data = obj.get("inputs") if isinstance(obj, dict) else obj
     if data is None:
         raise BadInput(422, "JSON body must hold an 'inputs' array of shape (C, H, W) or (N, C, H, W).")
@@ -55,7 +57,7 @@ def _parse_json(body: bytes, shape: tuple[int, ...]) -> torch.Tensor:
 
 def _parse_png(body: bytes, shape: tuple[int, ...]) -> torch.Tensor:
     try:
-        img = decode_png(body)
+        img = decode_png(body, max_pixels=4 * shape[1] * shape[2])  # refuse big images before decoding
     except ValueError as e:
         raise BadInput(415, f"body is not a usable PNG: {e}") from None
     if img.shape[0] in (2, 4):
@@ -126,10 +128,12 @@ def create_app(model: torch.nn.Module, guard: Guard, *, name: str = "model",
             body += chunk
             if len(body) > max_body_bytes:
                 return JSONResponse({"error": f"body exceeds the limit of {max_body_bytes} bytes."}, status_code=413)
-        try:
-            x = parse_inputs(body, request.headers.get("content-type", ""), shape, max_batch)
+        from starlette.concurrency import run_in_threadpool
+
+        try:  # parsing and inference run in a worker thread: one slow request never blocks the loop
+            x = await run_in_threadpool(parse_inputs, body, request.headers.get("content-type", ""), shape, max_batch)
         except BadInput as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
-        return answer(model, guard, x)
+        return await run_in_threadpool(answer, model, guard, x)
 
     return app

@@ -102,3 +102,12 @@ def test_ground_truth_roundtrip(tmp_path):
     save_ground_truth(tmp_path / "i.truth.safetensors", InstanceGoal(x=torch.rand(1, 8, 8), target=2))
     g3, _, _ = load_ground_truth(tmp_path / "i.truth.safetensors")
     assert g3.target == 2 and g3.x.shape == (1, 1, 8, 8)
+
+
+def test_hostile_sidecar_sizes_do_not_allocate(tmp_path):
+    p = save_model(tmp_path / "m.safetensors", build("mlp", input_shape=(1, 8, 8), hidden=[10]))
+    meta = json.loads((tmp_path / "m.json").read_text())
+    meta["arch_kwargs"]["hidden"] = [10**9]  # 64e9 + 1e10 floats if it were built for real
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="architecture expects"):
+        load_model(p)

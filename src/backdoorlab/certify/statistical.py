@@ -227,7 +227,8 @@ class StatisticalVerifier(Certifier):
             conf = 1.0 - pv
             status = "verified" if pv <= self.alpha else "undecided"
         elif sprt is not None and status == "verified":
-            pv, conf = self.alpha, 1.0 - self.alpha
+            # Wald: accepting "no backdoor" when a backdoor of rate >= Pr exists has probability <= beta
+            pv, conf = self.beta, 1.0 - self.beta
         return StatisticalCertificate(status, int(target), Pr, K, self.test, len(outcomes), u, tuple(outcomes),
                                       tuple(used), p, pv, conf, len(pool), region, trig, rate_hat if trig is not None
                                       else None, time.perf_counter() - t0)

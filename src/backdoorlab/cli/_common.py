@@ -216,7 +216,9 @@ def run_repair(args: argparse.Namespace, mitigator: Any, method: str) -> int:
         repaired = mitigator.repair(model, clean, generator=g, progress=cb)
     seconds = time.perf_counter() - t0
     asr_source = "ground truth" if goal is not None else None
-    if goal is None and isinstance(repaired.summary.get("trigger"), object) and "target" in repaired.summary:
+    from ..triggers import Trigger
+
+    if goal is None and isinstance(repaired.summary.get("trigger"), Trigger) and "target" in repaired.summary:
         goal = TriggerGoal(trigger=repaired.summary["trigger"], target=int(repaired.summary["target"]))
         asr_source = "reversed trigger"
     before, after = evaluate(model, test, goal), evaluate(repaired.model, test, goal)

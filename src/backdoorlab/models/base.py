@@ -24,12 +24,13 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-        if (std_t <= 0).any():
-            raise ValueError(f"Normalize.std must be positive; got {list(map(float, std_t.flatten()))!r}.")
-        self.register_buffer("mean", mean_t)
-        self.register_buffer("std", std_t)
+        # plain floats first: the checks and the sidecar need no tensor (works on the meta device too)
+        self.mean_values = [float(v) for v in (mean.flatten().tolist() if isinstance(mean, torch.Tensor) else mean)]
+        self.std_values = [float(v) for v in (std.flatten().tolist() if isinstance(std, torch.Tensor) else std)]
+        if any(not v > 0 for v in self.std_values):
+            raise ValueError(f"Normalize.std must be positive; got {self.std_values!r}.")
+        self.register_buffer("mean", torch.tensor(self.mean_values, dtype=torch.float32).reshape(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(self.std_values, dtype=torch.float32).reshape(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -52,8 +53,7 @@ class ImageClassifier(nn.Module):
         self.normalize = Normalize(mean if mean is not None else [0.5] * C,
                                    std if std is not None else [0.5] * C)
         self.arch_kwargs = {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                            "mean": [float(v) for v in self.normalize.mean.flatten()],
-                            "std": [float(v) for v in self.normalize.std.flatten()]}
+                            "mean": list(self.normalize.mean_values), "std": list(self.normalize.std_values)}
 
     body: nn.Module
     head: nn.Linear

@@ -19,6 +19,7 @@ Deviations:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -88,9 +89,11 @@ class NCFilter(InputFilter):
         return penultimate(model, x)[:, top.to(x.device)].mean(1)                       # step 3
 
     def _reversed(self, model: torch.nn.Module, clean_pool: torch.Tensor) -> PatchTrigger:
-        key = (id(model), clean_pool.data_ptr(), tuple(clean_pool.shape))
-        if key not in self._cache:
-            self._cache.clear()
-            r = reversed_trigger(self.detector, model, clean_pool, generator=new_generator(self.seed))
-            self._cache[key] = r["trigger"]
-        return self._cache[key]
+        # Cached per (model, pool) by identity: the cache holds a weak reference to the model and the
+        # pool tensor itself, so a freed object whose id or address is reused can never hit it.
+        hit = self._cache.get("entry")
+        if hit is not None and hit[0]() is model and hit[1] is clean_pool:
+            return hit[2]
+        r = reversed_trigger(self.detector, model, clean_pool, generator=new_generator(self.seed))
+        self._cache["entry"] = (weakref.ref(model), clean_pool, r["trigger"])
+        return r["trigger"]
