@@ -76,8 +76,8 @@ def test_pickled_model_refused(tmp_path, capsys):
     (tmp_path / "e.json").write_text(json.dumps({"format": "backdoorlab-model", "arch": "digits-cnn",
                                                  "arch_kwargs": {}}))
     assert main(["evaluate", str(tmp_path / "e.pt")]) == 2
-    err = capsys.readouterr().err
-    assert "refused" in err and "pwned" not in err
+    out = capsys.readouterr()
+    assert "refused" in out.err and "pwned" not in out.err and "pwned" not in out.out
 
 
 def test_wrong_classes_for_dataset(tmp_path, saved, capsys):

@@ -155,6 +155,8 @@ def _run(cell: dict, cache_dir: Path) -> dict:
         if goal is not None:
             keep = goal.relevant(test.y)
             xs = pur.purify(model, goal.apply(test.x[keep]))
-            pred = model(xs).argmax(1)
+            from .._torch import predict
+
+            pred = predict(model, xs)
             row.update(asr=float((pred == goal.target_for(test.y[keep])).float().mean()))
     return row
