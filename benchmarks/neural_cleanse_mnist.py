@@ -37,6 +37,32 @@ def nc_flops_per_image(model, shape) -> float:
     return fc.get_total_flops() / 8
 
 
+def kernel_rates(model, shape, fpi, sizes, reps: int = 20) -> list[list[str]]:
+    """ms and GFLOP/s of one forward + input-gradient pass at each batch size, float32 and bf16."""
+    import copy
+
+    net = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    rows = []
+    for n in sizes:
+        x = torch.rand(n, *shape).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        cells = [str(n)]
+        for bf16 in (False, True):
+            def once():
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = net(x)
+                torch.autograd.grad(out.float().logsumexp(1).sum(), x)
+            once()
+            t = time.perf_counter()
+            for _ in range(reps):
+                once()
+            dt = (time.perf_counter() - t) / reps
+            cells += [f"{1e3 * dt:.1f}", f"{n * fpi / dt / 1e9:.1f}"]
+        rows.append(cells)
+    return rows
+
+
 def load_or_train(name: str, trigger_target, info, train):
     from backdoorlab.attacks import BadNets
     from backdoorlab.io import load_ground_truth, load_model, save_ground_truth, save_model, truth_path
@@ -130,33 +156,58 @@ anomaly index {v.score:.2f} (paper: > 2 for every infected model, > 3 on its six
 
     # ---- speed --------------------------------------------------------------------------------
     if not a.skip_speed:
-        eq = dict(epochs=a.equal_epochs, early_stop=False, batch_size=a.nc_batch_size)
-        t = time.perf_counter()
-        vb = NeuralCleanse(**eq).detect(model, clean, generator=torch.Generator().manual_seed(1))
-        tb = time.perf_counter() - t
-        t = time.perf_counter()
-        vs = NeuralCleanse(**eq, batched=False).detect(model, clean, generator=torch.Generator().manual_seed(1))
-        ts = time.perf_counter() - t
-        same = all(torch.allclose(p.mask, q.mask, atol=1e-3) for p, q in zip(vb.evidence.triggers, vs.evidence.triggers))
         n_steps = a.equal_epochs * nc.batches_per_epoch
-        ip = vb.evidence.image_passes
-        print(f"equal budget batched {tb:.1f}s sequential {ts:.1f}s", flush=True)
+        rows, ratio, agree = [], {}, {}
+        for bf16 in (False, True):
+            eq = dict(epochs=a.equal_epochs, early_stop=False, batch_size=a.nc_batch_size, bf16=bf16)
+            times, trig_sets = {}, {}
+            for batched in (True, False):
+                t = time.perf_counter()
+                vv = NeuralCleanse(**eq, batched=batched).detect(model, clean, generator=torch.Generator().manual_seed(1))
+                times[batched] = time.perf_counter() - t
+                trig_sets[batched] = vv.evidence.triggers
+                ip = vv.evidence.image_passes
+                prec = "bfloat16 autocast" if bf16 else "float32"
+                rows.append([f"equal budget ({n_steps} steps x 10 labels), {prec}, "
+                             + ("batched" if batched else "one label at a time"), f"{times[batched]:.1f}", n_steps,
+                             f"{10 * n_steps / times[batched]:.1f}", ip, f"{ip * fpi / times[batched] / 1e9:.1f}",
+                             f"{100 * ip * fpi / times[batched] / 1e9 / peak:.0f}"])
+            ratio[bf16] = times[False] / times[True]
+            agree[bf16] = all(torch.allclose(p.mask, q.mask, atol=1e-3) for p, q in zip(*trig_sets.values()))
+            print(f"equal budget bf16={bf16} batched {times[True]:.1f}s sequential {times[False]:.1f}s", flush=True)
+        t = time.perf_counter()
+        vbf = NeuralCleanse(epochs=nc.epochs, batch_size=nc.batch_size, patience=nc.patience,
+                            early_stop_patience=nc.early_stop_patience, bf16=True).detect(
+            model, clean, generator=torch.Generator().manual_seed(0))
+        bf_s = time.perf_counter() - t
+        bf_l1 = vbf.evidence.l1_norms[vbf.evidence.labels.index(goal.target)]
+        rows.insert(0, ["full scan, batched, early stopping (backdoored model), bfloat16 autocast", f"{bf_s:.1f}",
+                        f"{min(vbf.evidence.steps)}-{max(vbf.evidence.steps)}", f"{sum(vbf.evidence.steps) / bf_s:.1f}",
+                        vbf.evidence.image_passes, f"{vbf.evidence.image_passes * fpi / bf_s / 1e9:.1f}",
+                        f"{100 * vbf.evidence.image_passes * fpi / bf_s / 1e9 / peak:.0f}"])
+        bf_line = (f"The bfloat16 full scan flags {list(vbf.suspects)} (anomaly index {vbf.score:.2f}, target mask L1 "
+                   f"{bf_l1:.2f}) against float32's {list(v.suspects)} ({v.score:.2f}).")
+        krows = kernel_rates(model, info.input_shape, fpi, (a.nc_batch_size, 10 * a.nc_batch_size))
         out.append(f"""### Speed (same run; {nc.batch_size} images per label per step, 10 labels)
 
 FLOPs per Neural Cleanse image pass (forward + input gradient, counted with torch's FlopCounterMode):
 {fpi / 1e6:.2f} MFLOP. Float32 sgemm peak measured in this run: {peak:.0f} GFLOP/s.
 
 {md_table(["run", "wall s", "steps per label", "label-steps/s", "image passes", "GFLOP/s", "% of sgemm peak"], [
-    ["full scan, batched, early stopping (backdoored model)", f"{scan_s:.1f}", f"{min(ev.steps)}-{steps}",
-     f"{sum(ev.steps) / scan_s:.1f}", ev.image_passes, f"{rate:.1f}", f"{100 * rate / peak:.0f}"],
-    [f"equal budget ({n_steps} steps x 10 labels), batched", f"{tb:.1f}", n_steps, f"{10 * n_steps / tb:.1f}", ip,
-     f"{ip * fpi / tb / 1e9:.1f}", f"{100 * ip * fpi / tb / 1e9 / peak:.0f}"],
-    [f"equal budget ({n_steps} steps x 10 labels), one label at a time", f"{ts:.1f}", n_steps,
-     f"{10 * n_steps / ts:.1f}", ip, f"{ip * fpi / ts / 1e9:.1f}", f"{100 * ip * fpi / ts / 1e9 / peak:.0f}"],
-])}
+    ["full scan, batched, early stopping (backdoored model), float32", f"{scan_s:.1f}", f"{min(ev.steps)}-{steps}",
+     f"{sum(ev.steps) / scan_s:.1f}", ev.image_passes, f"{rate:.1f}", f"{100 * rate / peak:.0f}"]] + rows)}
 
-**Batched speed-up at equal budget: {ts / tb:.2f}x** (target ≥ 3x). Both modes run the same optimiser on
-the same batches; their recovered masks agree within 1e-3: {same}.
+**Batched speed-up at equal budget: {ratio[False]:.2f}x in float32, {ratio[True]:.2f}x under bfloat16 autocast**
+(target ≥ 3x). Both modes run the same optimiser on the same batches; their recovered masks agree within 1e-3:
+{agree[False]} / {agree[True]} (the labels' problems are independent, but batched kernels sum in another order and
+the optimisation amplifies float rounding). {bf_line}
+
+Why the ratio stays far below 3x on this CPU: one label's step is already {a.nc_batch_size} images of a
+{fpi / 1e6:.1f}-MFLOP pass, enough work to keep oneDNN's kernels busy, so stacking the 10 labels into one
+{10 * a.nc_batch_size}-image batch buys only the kernel-efficiency gain below (forward + input gradient of the
+model alone, same run), not a 10x drop in overhead as on a GPU where small batches are launch-bound:
+
+{md_table(["images per pass", "float32 ms", "float32 GFLOP/s", "bf16 autocast ms", "bf16 GFLOP/s"], krows)}
 """)
 
     # ---- patching by unlearning: the seeds' table ---------------------------------------------

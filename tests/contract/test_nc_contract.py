@@ -78,6 +78,23 @@ def test_detector_contract_on_handwired_and_twin(pixel_handwired, clean):
     assert not FAST.detect(twin, clean, generator=gen(4)).backdoored
 
 
+def test_detector_bf16_autocast_finds_the_same_backdoor(pixel_handwired, clean):
+    """bf16=True (the fast path on AMX/AVX512-BF16 CPUs) must still find the planted pixel, keep the
+    clean twin unflagged, and leave the caller's model in its own memory format."""
+    from dataclasses import replace
+
+    model, twin, trig, target = pixel_handwired
+    fast16 = replace(FAST, bf16=True)
+    v = fast16.detect(model, clean, generator=gen(4))
+    assert v.backdoored and v.suspects[0] == target       # the smallest trigger is the planted one
+    rec = v.evidence.trigger_for(target)
+    r0, c0, r1, c1 = trig.bbox()
+    assert float(rec.mask[:, r0:r1, c0:c1].sum()) / rec.l1() > 0.5
+    assert not fast16.detect(twin, clean, generator=gen(4)).backdoored
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()               # no channels-last leaks into the input model
+
+
 def test_filter_contract(badnets, clean):
     model, goal, _ = badnets
     flt = NCFilter(detector=TINY)

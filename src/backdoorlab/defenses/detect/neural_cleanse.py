@@ -27,6 +27,8 @@ Deviations:
     frozen and leave the batch.
   * Adam is written out (per-label state, PyTorch's update form, betas (0.5, 0.9) as official);
     the schedule is vectorised over labels and read back once per epoch, never per step.
+  * ``bf16=True`` (off by default) runs the network under bfloat16 autocast; the official code is
+    float32 throughout.
   * The median is ``torch.median`` (lower middle value for an even number of labels) via
     ``_stats.anomaly_index``; the official code uses numpy's average of the two middle values.
 """
@@ -98,6 +100,9 @@ class NeuralCleanse(Detector):
     anomaly_threshold: MAD index above which a small trigger is an outlier (2).
     batched: optimise all labels in one batch (True) or one label at a time (False).
     eval_images: clean images used to report each trigger's success rate.
+    bf16: run the model's forward/backward under CPU/CUDA bfloat16 autocast (mask, pattern, Adam
+        state and the loss stay float32).  About 1.7x faster on CPUs with AMX/AVX512-BF16; off by
+        default so that results do not depend on the machine's instruction set.
     """
 
     labels: tuple[int, ...] | None = None
@@ -115,6 +120,7 @@ class NeuralCleanse(Detector):
     anomaly_threshold: float = 2.0
     batched: bool = True
     eval_images: int = 2000
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         n = "NeuralCleanse"
@@ -140,7 +146,9 @@ class NeuralCleanse(Detector):
         labels = self.labels if self.labels is not None else tuple(range(K))
         if max(labels) >= K:
             raise ValueError(f"NeuralCleanse.labels must be < the number of classes ({K}); got {labels!r}.")
-        net = copy.deepcopy(model)
+        # channels-last (NHWC) weights let oneDNN pick its fast convolution kernels (about 1.4x on a
+        # Xeon for the MNIST CNN); the copy keeps the caller's model untouched.
+        net = copy.deepcopy(model).to(memory_format=torch.channels_last)
         with eval_mode(net), frozen(net):
             masks, patterns, steps = self.reverse_engineer(net, x, labels, generator=generator,
                                                            progress=progress)
@@ -236,7 +244,11 @@ class NeuralCleanse(Detector):
             m, p = _from_tanh(wm), _from_tanh(wp)                                  # (A,1,H,W), (A,C,H,W)
             xs = (1 - m).unsqueeze(1) * xb.unsqueeze(0) + (m * p).unsqueeze(1)     # eq. (2), (A,B,C,H,W)
             A, B = xs.shape[:2]
-            logits = model(xs.flatten(0, 1)).view(A, B, -1)
+            flat = xs.flatten(0, 1)
+            if flat.dim() == 4:
+                flat = flat.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(flat.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = model(flat).view(A, B, -1).float()
             tgt = s["tgt"].repeat_interleave(B)
             ce = F.cross_entropy(logits.flatten(0, 1), tgt, reduction="none").view(A, B).mean(1)
             reg = m.flatten(1).sum(1)                                              # |m|_1
