@@ -7,7 +7,10 @@
 * Attack ground truth (goal, trigger, poison indices) is a separate ``NAME.truth.safetensors``,
   because an auditor's model does not come with it.
 * Every write is atomic: a temp file in the same folder, then ``os.replace`` — a crash never
-  leaves a half-written file or destroys the previous one.
+  leaves a half-written file or destroys the previous one.  A model is two files, so the weights
+  file also carries a copy of the sidecar in its safetensors metadata and is written first: a crash
+  between the two writes leaves new weights that still describe themselves, and ``load_model``
+  trusts that copy (with a warning when the sidecar disagrees).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -98,9 +102,21 @@ def save_model(path: str | Path, model: torch.nn.Module, *, dataset: dict | None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": 1, "arch": model.arch, "arch_kwargs": model.arch_kwargs,
             "dataset": dataset or {}, "training": training or {}, "extra": extra or {}}
-    atomic_write_bytes(path, st_save(state, metadata={"format": FORMAT}))
+    embedded = json.dumps(meta, default=_json_default, sort_keys=True)
+    atomic_write_bytes(path, st_save(state, metadata={"format": FORMAT, "meta": embedded}))
     save_json(sidecar_path(path), meta)
     return path
+
+
+def _safetensors_metadata(raw: bytes) -> dict:
+    """The ``__metadata__`` map of a safetensors file already validated by ``st_load``."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    try:
+        header = json.loads(raw[8:8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -125,8 +141,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise ModelFileError(f"{path}: expected a dict of tensors (a state dict).")
         return obj
+    return _read_safetensors(path)[0]
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    raw = path.read_bytes()
     try:
-        return st_load(path.read_bytes())
+        return st_load(raw), _safetensors_metadata(raw)
     except (SafetensorError, Exception) as e:
         raise ModelFileError(f"{path}: corrupt or truncated safetensors file ({e}). "
                              "Re-export the model; nothing was loaded.") from None
@@ -138,13 +159,22 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     side = sidecar_path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: model file not found.")
-    if not side.exists():
+    if path.suffix in (".pt", ".pth", ".bin"):
+        state, embedded = read_state_dict(path), None
+    else:
+        state, file_meta = _read_safetensors(path)
+        embedded = _embedded_meta(path, file_meta)
+    meta = load_json(side) if side.exists() else None
+    if meta is None and embedded is None:
         raise ModelFileError(f"{path}: its sidecar {side.name} (architecture, dataset, normalization) is "
                              "missing; a backdoorlab model file is NAME.safetensors + NAME.json.")
-    meta = load_json(side)
+    if embedded is not None:
+        if meta is not None and meta != embedded:
+            warnings.warn(f"{side} disagrees with the copy of it stored in {path.name} (an interrupted save, "
+                          "or an edited sidecar); using the weights file's copy.", stacklevel=2)
+        meta = embedded
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "arch" not in meta:
         raise ModelFileError(f"{side}: not a backdoorlab model sidecar (format {FORMAT!r} with 'arch').")
-    state = read_state_dict(path)
     try:  # on the meta device nothing is allocated: a hostile sidecar (hidden=[10**9]) costs nothing
         with torch.device("meta"):
             skeleton = build(meta["arch"], **meta.get("arch_kwargs", {}))
@@ -166,6 +196,20 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     model.load_state_dict(state)
     model.eval()
     return model.to(device), meta
+
+
+def _embedded_meta(path: Path, file_meta: dict) -> dict | None:
+    """The sidecar copy saved inside the weights file (files written before it existed: None)."""
+    text = file_meta.get("meta")
+    if text is None:
+        return None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{path}: its embedded model description is not valid JSON; the file is corrupt.") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: its embedded model description is not a JSON object; the file is corrupt.")
+    return meta
 
 
 # ---- ground truth -------------------------------------------------------------------------------

@@ -16,6 +16,18 @@ def _model():
     return build("digits-cnn", input_shape=(1, 8, 8), num_classes=10, mean=[0.3], std=[0.4])
 
 
+def _rewrite_meta(path, edit):
+    """Edit a saved model's description in BOTH places (sidecar and the copy in the weights file),
+    as an attacker who controls the files would."""
+    from safetensors.torch import load, save
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    edit(meta)
+    tensors = load(path.read_bytes())
+    path.write_bytes(save(tensors, metadata={"format": "backdoorlab-model", "meta": json.dumps(meta)}))
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
 def test_model_roundtrip_is_exact(tmp_path):
     m = _model()
     p = save_model(tmp_path / "m.safetensors", m, dataset={"name": "digits", "num_classes": 10})
@@ -38,18 +50,44 @@ def test_truncated_safetensors_named_and_previous_file_kept(tmp_path):
 
 def test_wrong_number_of_classes(tmp_path):
     p = save_model(tmp_path / "m.safetensors", _model())
-    meta = json.loads((tmp_path / "m.json").read_text())
-    meta["arch_kwargs"]["num_classes"] = 43
-    (tmp_path / "m.json").write_text(json.dumps(meta))
+    _rewrite_meta(p, lambda meta: meta["arch_kwargs"].update(num_classes=43))
     with pytest.raises(ModelFileError, match=r"tensor head\.bias has shape \(10,\), architecture expects \(43,\) — wrong number of classes"):
         load_model(p)
 
 
 def test_missing_sidecar(tmp_path):
+    """A weights file without its own description (written by other tools, or before the copy
+    existed) needs the sidecar; ours still loads without it."""
+    from safetensors.torch import load, save
+
     p = save_model(tmp_path / "m.safetensors", _model())
     (tmp_path / "m.json").unlink()
+    assert load_model(p)[1]["arch"] == "digits-cnn"
+    p.write_bytes(save(load(p.read_bytes()), metadata={"format": "backdoorlab-model"}))
     with pytest.raises(ModelFileError, match="sidecar m.json .* is missing"):
         load_model(p)
+
+
+def test_interrupted_save_between_weights_and_sidecar(tmp_path, monkeypatch):
+    """save_model writes the weights first; if it dies before the sidecar, the new weights still load
+    as what they are (with a warning that the old sidecar disagrees), never as the old architecture."""
+    import backdoorlab.io as bio
+
+    p = save_model(tmp_path / "m.safetensors", _model())
+    wide = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[7])
+
+    def die(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bio, "save_json", die)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(p, wide)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "m.json").read_text())["arch"] == "digits-cnn"    # the old sidecar
+    with pytest.warns(UserWarning, match="disagrees"):
+        back, meta = load_model(p)
+    x = torch.rand(2, 1, 8, 8)
+    assert meta["arch"] == "mlp" and torch.equal(back(x), wide(x))
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -106,8 +144,7 @@ def test_ground_truth_roundtrip(tmp_path):
 
 def test_hostile_sidecar_sizes_do_not_allocate(tmp_path):
     p = save_model(tmp_path / "m.safetensors", build("mlp", input_shape=(1, 8, 8), hidden=[10]))
-    meta = json.loads((tmp_path / "m.json").read_text())
-    meta["arch_kwargs"]["hidden"] = [10**9]  # 64e9 + 1e10 floats if it were built for real
-    (tmp_path / "m.json").write_text(json.dumps(meta))
+    # 64e9 + 1e10 floats if it were built for real
+    _rewrite_meta(p, lambda meta: meta["arch_kwargs"].update(hidden=[10**9]))
     with pytest.raises(ModelFileError, match="architecture expects"):
         load_model(p)
