@@ -53,6 +53,11 @@ def test_save_run_then_report_cli(tmp_path, handwired, digits, capsys):
     assert main(["report", str(tmp_path / "run")]) == 0
     page = (tmp_path / "run" / "report.html").read_text()
     assert "true trigger (target 3)" in page and "clean_accuracy" in page
+    # a run folder whose "PNG" is something else is refused, and the earlier report is kept
+    (tmp_path / "run" / "true_trigger.png").write_bytes(b"<script>alert(1)</script>")
+    assert main(["report", str(tmp_path / "run")]) == 2
+    assert "true_trigger.png: not a usable PNG" in capsys.readouterr().err
+    assert (tmp_path / "run" / "report.html").read_text() == page
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")

@@ -301,6 +301,23 @@ def read_png(path: str | Path) -> torch.Tensor:
 
 
 MAX_PNG_PIXELS = 4096 * 4096
+MAX_PNG_BYTES = 32 * 2**20
+
+
+def read_png_bytes(path: str | Path) -> bytes:
+    """The bytes of a PNG file to embed as is (reports): checked to be a PNG we can decode, under
+    ``MAX_PNG_BYTES`` and ``MAX_PNG_PIXELS``, so a run folder cannot smuggle other content in."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: file not found.")
+    if path.stat().st_size > MAX_PNG_BYTES:
+        raise ModelFileError(f"{path}: {path.stat().st_size} bytes is over the {MAX_PNG_BYTES}-byte limit for an image.")
+    data = path.read_bytes()
+    try:
+        decode_png(data)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: not a usable PNG ({e}).") from None
+    return data
 
 
 def decode_png(data: bytes, max_pixels: int | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ def register(sub, groups) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..io import ModelFileError, atomic_write_bytes, load_json
+    from ..io import ModelFileError, atomic_write_bytes, load_json, read_png_bytes
     from ..report import render_html
 
     run_path = Path(args.run)
@@ -29,7 +29,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for name, fname in run.get("images", {}).items():
         p = folder / Path(fname).name
         if p.exists():
-            images[name] = p.read_bytes()
+            images[name] = read_png_bytes(p)
     out = Path(args.output) if args.output else folder / "report.html"
     atomic_write_bytes(out, render_html(run, images).encode())
     c.emit(args, {"report": str(out), "images": len(images)}, title=f"wrote {out} ({len(images)} images)")
