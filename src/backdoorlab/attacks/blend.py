@@ -18,6 +18,9 @@ Deviations:
   * WaNet's "noise mode" (extra samples with random warps kept at their true label) and its
     training schedule are not reproduced; ``WarpTrigger`` is only the warping trigger, trained on
     like any other trigger.
+  * WaNet normalises the random k x k field by its MEAN absolute value; we normalise by its MAX, so
+    ``s`` bounds the largest displacement (s/H of the image side) instead of the average one.  For
+    the same ``s`` our warps are therefore weaker than WaNet's (by the field's max/mean ratio).
 """
 from __future__ import annotations
 
