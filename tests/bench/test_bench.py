@@ -82,3 +82,65 @@ def test_local_and_ray_give_the_same_table(tmp_path):
     keep = [i for i, c in enumerate(cols) if c != "seconds"]  # wall time differs, nothing else may
     assert [[r[i] for i in keep] for r in a] == [[r[i] for i in keep] for r in b]
     assert [r["ca"] for r in local.rows()] == [r["ca"] for r in remote.rows()]
+
+
+def test_per_entry_overrides_and_defense_major_order(tmp_path):
+    extra = ('\n[[attacks]]\nmethod = "badnets"\nparams = { trigger = "pixel", target = 1, rate = 0.1 }\n'
+             'train = { epochs = 1 }\ndefenses = ["strip"]\nseeds = [5, 6, 7]\n'
+             '[[defenses]]\nmethod = "finetune"\nclean_fraction = 0.5\n')
+    g = load_grid(_grid_file(tmp_path, [0, 1], extra))
+    # 2 attacks x 3 defenses x 2 seeds, plus the pixel attack with strip only and its own 3 seeds
+    assert len(g.cells) == 2 * 3 * 2 + 3
+    pixel = [c for c in g.cells if c["attack"]["params"].get("trigger") == "pixel"]
+    assert [(c["defense"]["method"], c["seed"]) for c in pixel] == [("strip", 5), ("strip", 6), ("strip", 7)]
+    assert {c["seed"] for c in g.cells if c not in pixel} == {0, 1}
+    assert all(c["train"] == {"epochs": 1} for c in pixel)  # the attack's train table overrides [train]
+    assert all(c["train"] == {"epochs": 2} for c in g.cells if c not in pixel)
+    assert {c["clean_fraction"] for c in g.cells if c["defense"]["method"] == "finetune"} == {0.5}
+    assert {c["clean_fraction"] for c in g.cells if c["defense"]["method"] != "finetune"} == {0.05}
+    order = [c["defense"]["method"] for c in g.cells]
+    assert order == sorted(order, key=["none", "strip", "finetune"].index)  # defense by defense
+    # entries without overrides keep the cell (and so its hash) exactly as before
+    assert set(g.cells[0]) == {"grid", "dataset", "arch", "attack", "defense", "seed", "train",
+                               "clean_fraction", "data_dir", "fpr"}
+    assert g.cells[0]["attack"] == {"method": "none", "params": {}}
+    with pytest.raises(ValueError, match="unknown keys \\['epochs'\\]"):
+        load_grid(_grid_file(tmp_path, [0], '\n[[defenses]]\nmethod = "nad"\nepochs = 3\n'))
+    with pytest.raises(ValueError, match="defenses must be a list of the grid's defense methods"):
+        load_grid(_grid_file(tmp_path, [0], '\n[[attacks]]\nmethod = "blend"\ndefenses = ["nad"]\n'))
+    with pytest.raises(ValueError, match="seeds must be a list of integers"):
+        load_grid(_grid_file(tmp_path, [0], '\n[[attacks]]\nmethod = "blend"\nseeds = 3\n'))
+    with pytest.raises(ValueError, match="clean_fraction must be in \\(0, 1\\]"):
+        load_grid(_grid_file(tmp_path, [0], '\n[[defenses]]\nmethod = "nad"\nclean_fraction = 2\n'))
+
+
+def test_mnist_core_grid_matches_the_tables_settings():
+    g = load_grid(HERE.parents[1] / "benchmarks" / "grids" / "mnist_core.toml")
+    by = lambda d: [c for c in g.cells if c["defense"]["method"] == d]  # noqa: E731
+    assert {c["clean_fraction"] for c in by("neural-cleanse") + by("nc-unlearn")} == {0.10}  # NC table: 10%
+    assert {c["clean_fraction"] for d in ("finetune", "fine-pruning", "nad", "i-bau") for c in by(d)} == {0.05}
+    square = [c for c in g.cells if c["attack"]["params"].get("trigger") == "square:3"]
+    assert {c["defense"]["method"] for c in square} == {"none", "strip"} and {c["train"]["epochs"] for c in square} == {6}
+    n = sum(c["defense"]["method"] == "i-bau" for c in g.cells)
+    assert n >= 4 and [c["defense"]["method"] for c in g.cells[-n:]] == ["i-bau"] * n  # runs last
+    # each attack's seed is the one its table's model was trained with (benchmarks/badnets_mnist.py: model i = seed i)
+    seeds = {c["attack"]["params"].get("trigger", c["attack"]["method"]): c["seed"] for c in g.cells}
+    assert seeds == {"none": 0, "pixel": 1, "pattern": 2, "blend": 0, "square:3": 0}
+
+
+def test_peak_memory_is_per_cell_not_per_worker():
+    import resource
+
+    import torch
+
+    from backdoorlab.bench.cell import reset_peak_memory
+
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    x = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB, touched
+    high = peak_mb()
+    del x
+    if not reset_peak_memory():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert peak_mb() < high - 200  # an earlier cell's peak no longer counts

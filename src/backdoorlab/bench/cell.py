@@ -43,6 +43,19 @@ def _poison(cell: dict, train, g: torch.Generator):
     return p.dataset, p.goal, p.poison_indices
 
 
+def model_path(cell: dict, cache_dir: str | Path) -> Path:
+    """Where the cell's trained model is cached: its content hash over (dataset, arch, attack,
+    seed, train), so every defense cell of that model shares it."""
+    key = {k: cell[k] for k in ("dataset", "arch", "attack", "seed", "train")}
+    return Path(cache_dir) / "models" / f"{config_hash(key)}.safetensors"
+
+
+def poison(cell: dict, train):
+    """(dataset, goal, poison indices) of the cell's attack, drawn exactly as its model's training
+    draws them (generator seeded with the cell's seed, poisoning first)."""
+    return _poison(cell, train, torch.Generator().manual_seed(cell["seed"]))
+
+
 def _model(cell: dict, train, cache_dir: Path):
     """The attacked (or clean) model of this cell, trained once and cached by content hash."""
     from ..cli._common import TRAIN_DEFAULTS
@@ -50,8 +63,7 @@ def _model(cell: dict, train, cache_dir: Path):
     from ..models import build
     from ..training import fit, init_weights
 
-    key = {k: cell[k] for k in ("dataset", "arch", "attack", "seed", "train")}
-    path = cache_dir / "models" / f"{config_hash(key)}.safetensors"
+    path = model_path(cell, cache_dir)
     g = torch.Generator().manual_seed(cell["seed"])
     data, goal, idx = _poison(cell, train, g)
     if path.exists():
@@ -71,8 +83,21 @@ def _model(cell: dict, train, cache_dir: Path):
     return model, goal, data, idx, False
 
 
+def reset_peak_memory() -> bool:
+    """Reset this process's peak resident set size (Linux >= 4.0: ``/proc/self/clear_refs`` 5), so
+    that ``ru_maxrss`` afterwards is the peak of what follows, not of every earlier cell that ran in
+    the same worker process.  Returns False where unsupported (the peak is then the process's)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def run_cell(cell: dict, cache_dir: str | Path) -> dict:
     """Execute ``cell``; return its measured row (never raises: errors are recorded)."""
+    reset_peak_memory()
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
