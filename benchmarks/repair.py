@@ -6,6 +6,12 @@ plus I-BAU with only 100 clean samples and one CIFAR-10-subset setting.
 
     .venv/bin/python benchmarks/repair.py              # everything (trains + caches models first)
     .venv/bin/python benchmarks/repair.py --prepare    # only train and cache the backdoored models
+    .venv/bin/python benchmarks/repair.py --select mnist-pattern ibau fraction 0.05 '{"rounds": 2}'
+                                                       # default selection on the defender's data only
+
+``--select`` is how the NAD / I-BAU defaults were chosen: the defender's clean set is split 80/20,
+the method repairs on 80% and is scored on the held-out 20% by clean accuracy and a backdoor proxy
+(``targeted_uap_share``); no test image and no trigger is used.
 
 Backdoored models are trained once and cached in ``runs/repair/`` (git-ignored) with their
 ground-truth files.  The defender sees only the model and the clean subset; ground truth goes only
@@ -16,19 +22,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from backdoorlab.attacks import BadNets  # noqa: E402
-from backdoorlab.data import clean_subset, load_dataset  # noqa: E402
+from backdoorlab.data import as_tensors, clean_subset, load_dataset  # noqa: E402
 from backdoorlab.defenses.mitigate import IBAU, NAD, FinePruning, FineTune  # noqa: E402
 from backdoorlab.io import load_ground_truth, load_model, save_ground_truth, save_model, truth_path  # noqa: E402
 from backdoorlab.metrics import evaluate  # noqa: E402
@@ -122,6 +130,59 @@ def run_cell(setting: str, method: str, mitigator, clean_spec, cells: dict) -> d
     return cell
 
 
+def targeted_uap_share(model, x, y, radius: float, steps: int = 40) -> tuple[float, int]:
+    """Backdoor proxy a defender can compute on held-out clean images: for every class c, one
+    universal perturbation with ||δ||_2 <= radius, found by ``steps`` normalised gradient steps on
+    CE(f(x + δ), c) (projected); returns the largest share of images (label != c) sent to c, and c."""
+    best, arg = 0.0, -1
+    g = torch.Generator().manual_seed(4)
+    for c in range(model.head.out_features):
+        xs = x[y != c]
+        if len(xs) == 0:
+            continue
+        d = torch.zeros(1, *xs.shape[1:])
+        for _ in range(steps):
+            idx = torch.randint(0, len(xs), (min(100, len(xs)),), generator=g)
+            d.requires_grad_(True)
+            loss = F.cross_entropy(model(xs[idx] + d), torch.full((len(idx),), c))
+            gr = torch.autograd.grad(loss, d)[0]
+            d = (d - 0.5 * radius * gr / gr.norm().clamp_min(1e-12)).detach()
+            d = d * torch.clamp(radius / d.norm().clamp_min(1e-12), max=1.0)
+        with torch.no_grad():
+            share = float((model(xs + d).argmax(1) == c).float().mean())
+        if share > best:
+            best, arg = share, c
+    return best, arg
+
+
+def select(setting: str, method: str, kind: str, amount: float, configs: list[dict]) -> None:
+    """Score hyper-parameter candidates on the defender's clean set only (80/20 split, seed 7)."""
+    model, _, train, _ = ensure_model(setting)  # the goal and the test set are not used
+    g = torch.Generator().manual_seed(0)
+    clean = clean_subset(train, fraction=amount, generator=g) if kind == "fraction" else \
+        clean_subset(train, per_class=int(amount), generator=g)
+    x, y = as_tensors(clean)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(7))
+    nv = len(y) // 5
+    fit_set, xv, yv = (x[perm[nv:]], y[perm[nv:]]), x[perm[:nv]], y[perm[:nv]]
+    radius = 0.1 * math.prod(xv.shape[1:]) ** 0.5
+    cls = {"none": None, "retraining": FineTune, "Fine-Pruning": FinePruning, "NAD": NAD, "I-BAU": IBAU}[method]
+    for cfg in configs:
+        m, cpu, summary = model, 0.0, {}
+        if cls is not None:
+            c0 = time.process_time()
+            rep = cls(**cfg).repair(model, fit_set, generator=torch.Generator().manual_seed(1))
+            cpu, m, summary = time.process_time() - c0, rep.model.eval(), rep.summary
+        with torch.no_grad():
+            ca = float((m(xv).argmax(1) == yv).float().mean())
+        share, c = targeted_uap_share(m, xv, yv, radius)
+        print(json.dumps({"setting": setting, "method": method, "clean": [kind, amount], "config": cfg,
+                          "held_out_ca": round(100 * ca, 2), "proxy_share": round(100 * share, 2),
+                          "proxy_class": c, "cpu_s": round(cpu, 1),
+                          "summary": {k: summary[k] for k in ("rounds", "lr", "teacher_lr") if k in summary}}),
+              flush=True)
+
+
 def fmt(c: dict | None, seconds: bool = True) -> str:
     if c is None:
         return "-"
@@ -136,8 +197,15 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="*", default=None, help=f"subset of {list(SETTINGS)}")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of the method rows")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/repair.md")
+    ap.add_argument("--select", nargs="+", metavar="ARG",
+                    help="SETTING METHOD fraction|per_class AMOUNT [CONFIG_JSON ...]: score candidates on "
+                         "the defender's clean set only")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.select:
+        setting, method, kind, amount, *configs = args.select
+        select(setting, method, kind, float(amount), [json.loads(c) for c in configs] or [{}])
+        return 0
     settings = args.settings or list(SETTINGS)
     if args.prepare:
         for s in settings:

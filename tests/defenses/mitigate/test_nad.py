@@ -77,3 +77,19 @@ def test_layers_are_checked(badnets, digits):
         NAD(layers="body.missing").repair(model, clean)
     with pytest.raises(ValueError, match="NAD.beta"):
         NAD(beta=-1.0)
+
+
+def test_divergence_guard_retrains_at_a_tenth_of_the_learning_rate(badnets, digits):
+    """A student learning rate far too large for the model destroys it (clean-set accuracy near
+    chance); the guard notices on the clean set and retrains at lr / 10 until it stays within
+    ``max_accuracy_drop`` of the teacher."""
+    model, _, _ = badnets
+    clean = clean_subset(digits[0], per_class=8, generator=gen(0))
+    kw = dict(teacher_epochs=1, teacher_lr=0.02, epochs=2, lr=30.0, batch_size=16)
+    wild = NAD(retries=0, **kw).repair(model, clean, generator=gen(1)).summary
+    acc = wild["clean_set_accuracy"]
+    assert wild["lr"] == 30.0 and acc["student"] < acc["teacher"] - 0.1  # diverged, kept as is
+    safe = NAD(retries=3, **kw).repair(model, clean, generator=gen(1)).summary
+    acc = safe["clean_set_accuracy"]
+    assert safe["lr"] < 30.0 and acc["student"] >= acc["teacher"] - 0.1
+    assert safe["teacher_lr"] == 0.02  # the teacher was fine
