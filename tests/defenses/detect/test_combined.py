@@ -43,6 +43,18 @@ def test_vote_without_an_agreed_label_takes_the_most_confident_detector():
     assert v.backdoored and v.suspects == (7,)
 
 
+def test_agree_needs_two_detectors_on_one_label():
+    c = Combined(detectors=THREE, rule="agree")
+    apart = c.combine({"a": V(True, (4,), 3.0), "b": V(True, (7,), 6.0), "c": V(False, (), 1.0)})
+    assert not apart.backdoored and apart.suspects == () and apart.threshold == 1.5
+    same = c.combine({"a": V(True, (4,), 3.0), "b": V(True, (7, 4), 6.0), "c": V(False, (4,), 1.0)})
+    # a non-flagging detector's suspects do not count; count 2 + 0.999 * mean(0.75, 1, 0.25)
+    assert same.backdoored and same.suspects == (4,) and same.evidence.votes == {4: 2, 7: 1}
+    assert same.score == pytest.approx(2 + 0.999 * 2.0 / 3)
+    alone = c.combine({"c": V(True, (5,), 6.0, 3.0)})
+    assert alone.backdoored and alone.suspects == (5,) and alone.evidence.quorum == 1
+
+
 def test_any_and_all():
     verdicts = {"a": V(True, (4,), 3.0), "b": V(False), "c": V(False)}
     assert Combined(detectors=THREE, rule="any").combine(verdicts).suspects == (4,)

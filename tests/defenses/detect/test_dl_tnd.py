@@ -90,10 +90,10 @@ def test_invalid_fields_name_themselves(field, value):
 def test_mnist_badnets_found_with_one_image_per_class(shared_data):
     from backdoorlab.io import load_ground_truth, load_model, truth_path
 
-    cache = Path(__file__).resolve().parents[3] / "runs" / "detectors"
-    bd, cl = cache / "square3-br-t0.safetensors", cache / "clean-s0.safetensors"
+    cache = Path(__file__).resolve().parents[3] / "runs" / "population"
+    bd, cl = cache / "patch3-br-t5.safetensors", cache / "clean-s0.safetensors"
     if not (bd.exists() and cl.exists()):
-        pytest.skip("run benchmarks/detectors.py --prepare first (trains the MNIST population)")
+        pytest.skip("run benchmarks/population.py first (trains the MNIST detection population)")
     from backdoorlab.data import load_dataset
 
     train = load_dataset("mnist", "train", shared_data)

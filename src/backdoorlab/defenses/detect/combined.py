@@ -13,20 +13,28 @@ same combined result).
 Combined rule (``rule``), over the detectors that ran:
 - ``"lead"`` (default): the verdict and suspects of the data-richest detector that ran (order
   ``PRIORITY``: Neural Cleanse, then DL-TND, then DF-TND, then any other in the given order); the
-  others only add their votes to the evidence.  Chosen because on the MNIST population of
-  ``benchmarks/detectors.py`` no vote beats DL-TND alone: DF-TND's false positives make "any" worse
-  and "all" halves the detection rate; "lead" is, by construction, as good as the lead detector and
-  still answers with DF-TND when no data is given (``--no-data``).  Score = lead score / threshold,
-  threshold 1.
+  others only add their votes to the evidence.  Score = lead score / threshold, threshold 1.
+  Why this default: a detector's statistic is only as good as the data behind it (NC optimises
+  over thousands of clean images, DL-TND over one per class, DF-TND over noise), and each
+  detector's own threshold is a paper rule that is not calibrated against the others', so adding
+  weaker detectors' votes can only trade false positives for detections in a way that a user
+  cannot predict.  "lead" is, by construction, exactly as good as the strongest detector that could
+  run, and still answers with DF-TND alone when no data is given (``scan --no-data``).  The choice
+  was made on the first (undertrained) MNIST development population of ``benchmarks/detectors.py``
+  (commit ed94328, cache ``runs/detectors/``), where no vote beat the lead; the evaluation
+  population of ``benchmarks/population.py`` is disjoint from it and was not used to pick the rule.
+- ``"agree"``: backdoored when at least ``quorum`` detectors (default 2, or 1 when only one ran)
+  name the same suspect label; suspects are those labels, most-named first.  Detectors that err on
+  different labels cancel; score = the largest label count plus the tie-breaker below.
 - ``"vote"``: backdoored when at least ``quorum`` detectors say so (default: at least half
   of those that ran, rounded up: 2 of 3, 1 of 2, 1 of 1).  Suspects are the labels named by at least
   ``quorum`` detectors, most-voted first; when the quorum is met without an agreed label, the
   suspects of the detector with the largest score / threshold ratio.
 - ``"any"``: backdoored when any detector says so (highest recall, false positives add up).
 - ``"all"``: backdoored only when every detector says so (fewest false positives).
-The combined score is the number of detectors that flagged plus the mean of min(score/threshold,
-2)/2 over detectors with a positive threshold (a tie-breaker in [0, 1) for AUROC); the threshold is
-``quorum - 0.5`` for ``vote`` (1 - 0.5 for ``any``, n - 0.5 for ``all``).
+The combined score (vote / agree / any / all) is the number of detectors that flagged (agree: the
+largest number naming one label) plus the mean of min(score/threshold, 2)/2 over detectors with a
+positive threshold (a tie-breaker in [0, 1) for AUROC); the threshold is ``quorum - 0.5``.
 """
 from __future__ import annotations
 
@@ -40,7 +48,7 @@ from ..._validation import one_of
 from ...roles import Detector, Progress
 from ...types import Verdict
 
-RULES = ("lead", "vote", "any", "all")
+RULES = ("lead", "agree", "vote", "any", "all")
 PRIORITY = ("neural-cleanse", "dl-tnd", "df-tnd")  # data-richest first
 DATA_FREE = ("df-tnd",)  # registry names of detectors that need no clean data
 
@@ -115,7 +123,8 @@ class Combined(Detector):
         n = len(verdicts)
         if self.rule == "lead":
             return self._lead(verdicts, seconds, skipped)
-        quorum = {"any": 1, "all": n}.get(self.rule, self.quorum or (n + 1) // 2)
+        default = min(2, n) if self.rule == "agree" else (n + 1) // 2
+        quorum = {"any": 1, "all": n}.get(self.rule, self.quorum or default)
         quorum = min(quorum, n)
         flags = sum(v.backdoored for v in verdicts.values())
         votes: dict[int, int] = {}
@@ -123,9 +132,12 @@ class Combined(Detector):
             if v.backdoored:
                 for s in v.suspects:
                     votes[int(s)] = votes.get(int(s), 0) + 1
-        backdoored = flags >= quorum
+        count = max(votes.values(), default=0) if self.rule == "agree" else flags
+        backdoored = count >= quorum
         suspects: tuple[int, ...] = ()
-        if backdoored:
+        if self.rule == "agree":
+            suspects = tuple(sorted((k for k, c in votes.items() if c >= quorum), key=lambda k: (-votes[k], k)))
+        elif backdoored:
             agreed = sorted((k for k, c in votes.items() if c >= quorum), key=lambda k: (-votes[k], k))
             if agreed:
                 suspects = tuple(agreed)
@@ -133,7 +145,7 @@ class Combined(Detector):
                 best = max((v for v in verdicts.values() if v.backdoored), key=_ratio)
                 suspects = tuple(best.suspects)
         ratios = [min(_ratio(v), 2.0) / 2 for v in verdicts.values() if v.threshold > 0]
-        score = flags + (sum(ratios) / len(ratios) * 0.999 if ratios else 0.0)
+        score = count + (sum(ratios) / len(ratios) * 0.999 if ratios else 0.0)
         evidence = CombinedEvidence(verdicts=dict(verdicts), seconds=dict(seconds or {k: 0.0 for k in verdicts}),
                                     skipped=tuple(skipped), votes=votes, rule=self.rule, quorum=quorum)
         return Verdict(backdoored=backdoored, score=float(score), threshold=quorum - 0.5,
