@@ -1,6 +1,7 @@
 """DF-TND: the simplex projection against hand-computed points and the official bisection, the
-outlier rule, a planted neuron that responds far more than any clean one (its label's logit
-increase is the outlier), no data needed; and (slow) the MNIST BadNets model and a clean one."""
+margin rule on hand-made logit increases, a planted neuron that responds far more than any clean
+one (its label's logit increase clears the others by the margin), no data needed; and (slow) the
+MNIST BadNets model and a clean one."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from backdoorlab.defenses.detect import DETECTORS, DFTND
-from backdoorlab.defenses.detect.df_tnd import _project_simplex
+from backdoorlab.defenses.detect.df_tnd import THRESHOLD, _project_simplex, label_margins, margin_rule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _planted import PIXEL, planted  # noqa: E402
@@ -61,25 +62,47 @@ def test_planted_neuron_label_is_the_outlier(verdicts):
     # pixel p of the refined trigger is set to 1 with mask 1
     assert float(ev.trigger.mask[0, PIXEL[0], PIXEL[1]]) == 1.0
     assert float(ev.trigger.pattern[0, PIXEL[0], PIXEL[1]]) == 1.0
-    assert int(ev.logit_increase.argmax()) == 3 and v.suspects[0] == 3 and v.backdoored
-    assert v.score == pytest.approx(float(ev.anomaly_index[3])) and v.score > v.threshold == 3.0
+    assert int(ev.logit_increase.argmax()) == 3 and v.suspects == (3,) and v.backdoored
+    L = ev.logit_increase
+    assert v.score == pytest.approx(float(L[3] - L[torch.arange(10) != 3].max().clamp_min(0)))
+    assert v.score > v.threshold == THRESHOLD
     assert ev.noise_inputs == 10 and len(ev.logit_increase) == 10
 
 
-def test_clean_twin_label_3_is_not_the_outlier(verdicts):
+def test_clean_twin_margin_is_far_below_the_planted_one(verdicts):
     v, twin, _ = verdicts
-    assert float(twin.evidence.anomaly_index[3]) < float(v.evidence.anomaly_index[3])
+    assert twin.score < v.score / 2
+    assert float(twin.evidence.logit_increase[3]) < float(v.evidence.logit_increase[3]) / 2
 
 
-def test_outlier_rule_hand_computed(verdicts):
-    v, _, _ = verdicts
-    ev = v.evidence
-    L = ev.logit_increase.double()
-    med = L.median()
-    mad = 1.4826 * (L - med).abs().median()
-    assert torch.allclose(ev.anomaly_index.double(), (L - med).abs() / mad, rtol=1e-4)
-    flagged = {k for k in range(10) if L[k] > med and ev.anomaly_index[k] > 3.0}
-    assert set(v.suspects) == flagged
+def test_margin_rule_hand_computed():
+    # a common rise of two labels (clean activation maximisation) is no trojan: margin 10 - 9.5
+    L = torch.tensor([10.0, 9.5, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert margin_rule(L, 3.0) == (pytest.approx(0.5), [])
+    # the old MAD rule flagged exactly this pattern: anomaly index of label 0 is huge
+    from backdoorlab._stats import anomaly_index
+    assert float(anomaly_index(L)[0]) > 3.0
+    # one label alone: margin over the next increase (here 2.0)
+    L = torch.tensor([0.5, 2.0, 0.0, 30.0, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert margin_rule(L, 3.0) == (pytest.approx(28.0), [3])
+    assert margin_rule(L, 28.5) == (pytest.approx(28.0), [])
+    # per label: L_k minus the largest other increase (30 for all but label 3)
+    expected = torch.tensor([-29.5, -28.0, -30.0, 28.0, -34.0, -30.0, -30.0, -30.0, -30.0, -30.0])
+    assert torch.allclose(label_margins(L), expected)
+    # all others fell: the margin is measured from 0, so a small rise is not enough
+    L = torch.tensor([2.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0])
+    assert margin_rule(L, 3.0) == (pytest.approx(2.0), [])
+
+
+def test_verdict_follows_the_margin_rule(verdicts):
+    v, twin, model = verdicts
+    for verdict in (v, twin):
+        margin, flagged = margin_rule(verdict.evidence.logit_increase, verdict.threshold)
+        assert verdict.score == pytest.approx(margin) and list(verdict.suspects) == flagged
+        assert torch.equal(verdict.evidence.margin, label_margins(verdict.evidence.logit_increase))
+    # same seed, threshold just above the planted margin: same L, nothing flagged
+    above = DFTND(steps=80, refine_steps=40, threshold=v.score + 0.01).detect(model, None, generator=gen(0))
+    assert torch.equal(above.evidence.logit_increase, v.evidence.logit_increase) and not above.backdoored
 
 
 def test_input_shape_needed(clean_model):
