@@ -48,9 +48,10 @@ def test_partitions_depend_on_content_only(digits):
     assert torch.equal(part, expected)
 
 
-def test_together_equals_sequential_and_one_poison_moves_at_most_one_member(digits):
+@pytest.mark.parametrize("shift", [0, 2])
+def test_together_equals_sequential_and_one_poison_moves_at_most_one_member(digits, shift):
     train, test = digits
-    kw = dict(partitions=8, steps=25, batch_size=8, width=4)
+    kw = dict(partitions=8, steps=25, batch_size=8, width=4, shift=shift)
     x, y = train.x, train.y
     tog = DeepPartitionAggregation(**kw).train(x, y, num_classes=10)
     seq = DeepPartitionAggregation(**kw, mode="sequential").train(x, y, num_classes=10)
@@ -73,8 +74,19 @@ def test_together_equals_sequential_and_one_poison_moves_at_most_one_member(digi
     assert torch.equal(cert.prediction[safe], cert_p.prediction[safe])
 
 
+def test_shift_translates_each_sample_with_zero_fill():
+    from backdoorlab.certify.dpa import _shifted
+
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    out = _shifted(x, torch.tensor([[1, 0], [0, -2]]))
+    assert torch.equal(out[0, 0, 1:], x[0, 0, :3]) and bool((out[0, 0, 0] == 0).all())
+    assert torch.equal(out[1, 0, :, :2], x[1, 0, :, 2:]) and bool((out[1, 0, :, 2:] == 0).all())
+
+
 def test_invalid_fields():
     with pytest.raises(ValueError, match="DeepPartitionAggregation.partitions"):
         DeepPartitionAggregation(partitions=0)
     with pytest.raises(ValueError, match="DeepPartitionAggregation.mode"):
         DeepPartitionAggregation(mode="parallel")
+    with pytest.raises(ValueError, match="DeepPartitionAggregation.shift"):
+        DeepPartitionAggregation(shift=-1)

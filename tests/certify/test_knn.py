@@ -133,3 +133,32 @@ def test_invalid_fields():
         CertifiedKNN(k=0)
     with pytest.raises(ValueError, match="CertifiedRNN.unit"):
         CertifiedRNN(unit="swap")
+
+
+def test_certify_many_equals_one_k_at_a_time():
+    g = torch.Generator().manual_seed(3)
+    tx, ty = torch.randn(120, 4, generator=g), torch.randint(0, 3, (120,), generator=g)
+    x = torch.randn(15, 4, generator=g)
+    many = CertifiedKNN(k=1, batch_size=4).certify_many(tx, ty, x, [1, 7, 30])
+    for k in (1, 7, 30):
+        one = CertifiedKNN(k=k).certify(tx, ty, x)
+        assert torch.equal(many[k].votes, one.votes) and torch.equal(many[k].tolerance, one.tolerance)
+
+
+def test_rnn_joint_curve_by_hand():
+    from backdoorlab.certify.knn import PoisoningCertificate, rnn_joint_curve
+
+    # three test inputs: 0 and 1 far apart (> 2r), 2 close to 0; votes give needs 3, 5, 2 (all correct)
+    x = torch.tensor([[0.0], [10.0], [0.5]])
+    votes = torch.tensor([[5, 2, 0], [6, 1, 0], [3, 1, 0]])  # need = s_a - s_b + 1[b > a] = 4, 6, 3
+    cert = PoisoningCertificate(torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 0]), votes, "operations")
+    y = torch.zeros(3, dtype=torch.long)
+    # groups by greedy colouring at r = 1 (2r = 2): {0, 1} and {2}
+    curve = dict(rnn_joint_curve(cert, x, y, 1.0, [0, 1, 2, 3, 5], unit="operations"))
+    # e=1: 2 votes per group: nothing flips (needs 4, 6 | 3); e=2: 4 votes flip input 0 and input 2
+    # e=3: 6 votes: group {0,1} flips 0 (4 <= 6, 4 + 6 > 6), group {2} flips 2; e=5: 10 votes flip all
+    assert curve == {0: 1.0, 1: 1.0, 2: pytest.approx(1 / 3), 3: pytest.approx(1 / 3), 5: 0.0}
+    # individual certificate at e=1 already loses input 2 (tolerance 0): the joint one never does worse
+    assert cert.certified_accuracy(y, 1) == pytest.approx(2 / 3)
+    ins = dict(rnn_joint_curve(cert, x, y, 1.0, [3, 4], unit="insert-delete"))
+    assert ins == {3: pytest.approx(2 / 3), 4: pytest.approx(1 / 3)}

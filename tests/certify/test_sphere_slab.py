@@ -76,6 +76,10 @@ def test_upper_bound_dominates_the_candidate_attack_on_every_eps(digits):
         full = float(hinge(r["theta"], x, y).mean()) + (eps * float(hinge(r["theta"], bound.attack_x, bound.attack_y).mean())
                                                         if len(bound.attack_y) else 0.0)
         assert full >= r["achieved_objective"] - 1e-9
+        # the exact quantity U* bounds: every clean point kept, the poison filtered by F
+        rc = b.attack_through_defense(x, y, bound, fs, keep_clean=True)
+        assert rc["clean_removed"] == 0 and rc["poison_kept"] == rc["poison_total"]
+        assert r["achieved_objective"] - 1e-9 <= rc["achieved_objective"] <= bound.upper + 1e-9
 
 
 def test_sanitizer_oracle_and_data_dependent(digits):

@@ -22,7 +22,8 @@ the data); member i draws its batch positions from its own uniform stream u[:, i
 ``seed``), scaled to |P_i|.  This is what makes (4) a certificate about the model we run.
 
 Deviations: a small CNN (two strided 5x5 convolutions + linear) with Adam replaces the paper's
-Network-in-Network trained 200 epochs; a fixed number of steps replaces epochs (epochs would make
+Network-in-Network trained 200 epochs (CPU time); optional random translations stand in for the
+paper's data augmentation; a fixed number of steps replaces epochs (epochs would make
 every member depend on the other partitions' sizes); floating-point results of members trained
 together and one after another agree up to round-off (checked: identical votes in our runs).
 """
@@ -107,14 +108,16 @@ class DPAEnsemble:
 @dataclass(frozen=True, kw_only=True)
 class DeepPartitionAggregation(Certifier):
     """partitions = k; steps / batch_size / lr = Adam training of each member on its part;
-    width = conv channels of a member; mode = "together" (stacked) or "sequential"; seed = member init
-    and batch streams."""
+    width = conv channels of a member; shift = random translation of each training image by up to
+    ``shift`` pixels (0 = none; drawn from the member's own stream, as the batch positions);
+    mode = "together" (stacked) or "sequential"; seed = member init and batch streams."""
 
     partitions: int = 50
     steps: int = 300
     batch_size: int = 16
     lr: float = 0.003
     width: int = 8
+    shift: int = 0
     mode: str = "together"
     seed: int = 0
 
@@ -124,6 +127,7 @@ class DeepPartitionAggregation(Certifier):
         positive("DeepPartitionAggregation", "lr", self.lr)
         one_of("DeepPartitionAggregation", "mode", self.mode, {"together", "sequential"})
         positive("DeepPartitionAggregation", "seed", self.seed, integer=True, allow_zero=True)
+        positive("DeepPartitionAggregation", "shift", self.shift, integer=True, allow_zero=True)
 
     def train(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int | None = None,
               progress: Progress = None) -> DPAEnsemble:
@@ -148,13 +152,17 @@ class DeepPartitionAggregation(Certifier):
             (sizes - 1).clamp_min(0)[None, :, None])                              # (T, k, B)
         pos = pos.clamp_max(len(xs) - 1)  # empty parts: any index, their loss weight is 0
         live = (sizes > 0).float()
+        # per-sample translation offsets in [-shift, shift], from the same seeded stream (None: no shift)
+        offs = (torch.randint(-self.shift, self.shift + 1, (self.steps, k, self.batch_size, 2), generator=g)
+                if self.shift else None)
         t0 = time.perf_counter()
         if self.mode == "together":
-            _adam(params, xs, ys, pos, live, self.lr, progress)
+            _adam(params, xs, ys, pos, live, self.lr, progress, offs)
         else:
             for i in range(k):
                 sub = {n: p[i] for n, p in params.items()}
-                _adam_single(sub, xs, ys, pos[:, i], bool(live[i]), self.lr)
+                _adam_single(sub, xs, ys, pos[:, i], bool(live[i]), self.lr,
+                             None if offs is None else offs[:, i])
                 for n in params:
                     params[n][i] = sub[n]
                 if progress is not None:
@@ -171,7 +179,22 @@ class DeepPartitionAggregation(Certifier):
         return PoisoningCertificate(pred, rho, votes, "insertions/deletions (a modification counts 2)")
 
 
-def _adam(params, xs, ys, pos, live, lr, progress):
+def _shifted(x: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """x (..., C, H, W) translated per sample by off (..., 2) = (dy, dx) pixels, zero fill."""
+    lead, (C, H, W) = x.shape[:-3], x.shape[-3:]
+    xb, ob = x.reshape(-1, C, H, W), off.reshape(-1, 2)
+    s = int(ob.abs().max()) if len(ob) else 0
+    if s == 0:
+        return x
+    xp = torch.nn.functional.pad(xb, (s, s, s, s))
+    rows = (s - ob[:, 0])[:, None] + torch.arange(H)[None]                      # (N, H)
+    cols = (s - ob[:, 1])[:, None] + torch.arange(W)[None]                      # (N, W)
+    n = torch.arange(len(xb))[:, None, None, None]
+    c = torch.arange(C)[None, :, None, None]
+    return xp[n, c, rows[:, None, :, None], cols[:, None, None, :]].reshape(*lead, C, H, W)
+
+
+def _adam(params, xs, ys, pos, live, lr, progress, offs=None):
     """All members at once: one stacked forward/backward and one stacked Adam update per step
     (the loss is the sum of the members' own mean losses, so each gets its own gradient)."""
     m = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -180,7 +203,8 @@ def _adam(params, xs, ys, pos, live, lr, progress):
     for t in range(T):
         idx = pos[t]                                                  # (k, B)
         p = {n: q.detach().requires_grad_(True) for n, q in params.items()}
-        logits = stacked_forward(p, xs[idx])                          # (k, B, K)
+        xb = xs[idx] if offs is None else _shifted(xs[idx], offs[t])
+        logits = stacked_forward(p, xb)                               # (k, B, K)
         per = F.cross_entropy(logits.transpose(1, 2), ys[idx], reduction="none").mean(1)
         grads = torch.autograd.grad((per * live).sum(), list(p.values()))
         _adam_update(params, dict(zip(p, grads)), m, v, t + 1, lr)
@@ -188,12 +212,12 @@ def _adam(params, xs, ys, pos, live, lr, progress):
             progress(t + 1, T)
 
 
-def _adam_single(params, xs, ys, pos, live, lr):
+def _adam_single(params, xs, ys, pos, live, lr, offs=None):
     """One member (k = 1), the same arithmetic as ``_adam``: the one-after-another baseline."""
     if not live:
         return
     one = {n: q[None] for n, q in params.items()}
-    _adam(one, xs, ys, pos[:, None], torch.ones(1), lr, None)
+    _adam(one, xs, ys, pos[:, None], torch.ones(1), lr, None, None if offs is None else offs[:, None])
     for n in params:
         params[n].copy_(one[n][0])
 

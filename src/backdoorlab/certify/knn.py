@@ -88,27 +88,38 @@ class CertifiedKNN(Certifier):
 
     def certify(self, train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, *,
                 num_classes: int | None = None, progress: Progress = None) -> PoisoningCertificate:
+        return self.certify_many(train_x, train_y, x, [self.k], num_classes=num_classes, progress=progress)[self.k]
+
+    def certify_many(self, train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, ks, *,
+                     num_classes: int | None = None, progress: Progress = None) -> dict[int, PoisoningCertificate]:
+        """Certificates for several k from one neighbour ranking (each equals ``CertifiedKNN(k=k).certify``:
+        the k nearest under the (distance, index) order are a prefix of the max(ks) nearest)."""
         tx, ty, num_classes = _prepare(train_x, train_y, num_classes, "CertifiedKNN")
-        if self.k > len(tx):
-            raise ValueError(f"CertifiedKNN.k must be at most the training-set size {len(tx)}; got {self.k}.")
+        ks = sorted({int(k) for k in ks})
+        kmax = ks[-1]
+        if ks[0] < 1 or kmax > len(tx):
+            raise ValueError(f"CertifiedKNN.k must be in 1..{len(tx)} (the training-set size); got {ks}.")
         tsq = tx.pow(2).sum(1)
         xf = x.flatten(1).float().cpu()
-        votes = torch.zeros(len(xf), num_classes, dtype=torch.long)
-        extra = min(16, len(tx) - self.k)
+        votes = {k: torch.zeros(len(xf), num_classes, dtype=torch.long) for k in ks}
+        extra = min(16, len(tx) - kmax)
         for i in range(0, len(xf), self.batch_size):
             d = _sq_dists(xf[i:i + self.batch_size], tx, tsq)
-            dist, idx = d.topk(self.k + extra, dim=1, largest=False, sorted=True)
-            # deterministic ties: order by (distance, index) among the k + extra closest
+            dist, idx = d.topk(kmax + extra, dim=1, largest=False, sorted=True)
+            # deterministic ties: order by (distance, index) among the kmax + extra closest
             order = torch.argsort(idx, dim=1)
             dist_o, idx_o = dist.gather(1, order), idx.gather(1, order)
-            keep = torch.argsort(dist_o, dim=1, stable=True)[:, :self.k]
-            labels = ty[idx_o.gather(1, keep)]
-            votes[i:i + len(d)] = torch.zeros(len(d), num_classes, dtype=torch.long).scatter_add_(
-                1, labels, torch.ones_like(labels))
+            ranked = ty[idx_o.gather(1, torch.argsort(dist_o, dim=1, stable=True)[:, :kmax])]
+            for k in ks:
+                votes[k][i:i + len(d)] = torch.zeros(len(d), num_classes, dtype=torch.long).scatter_add_(
+                    1, ranked[:, :k], torch.ones_like(ranked[:, :k]))
             if progress is not None:
                 progress(min(i + self.batch_size, len(xf)), len(xf))
-        pred, tol = vote_tolerance(votes, 2)
-        return PoisoningCertificate(pred, tol, votes, "operations (insert/delete/modify one sample)")
+        out = {}
+        for k in ks:
+            pred, tol = vote_tolerance(votes[k], 2)
+            out[k] = PoisoningCertificate(pred, tol, votes[k], "operations (insert/delete/modify one sample)")
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +159,48 @@ class CertifiedRNN(Certifier):
         return PoisoningCertificate(pred, tol, votes, unit)
 
 
+def rnn_joint_curve(cert: PoisoningCertificate, x: torch.Tensor, y: torch.Tensor, r: float, sizes,
+                    unit: str = "operations") -> list[tuple[int, float]]:
+    """Joint (group) certificate of rNN (Jia et al.'s idea, our sound simple form): a lower bound on
+    the fraction of ``x`` that stay correct *simultaneously* under e poisoning operations.
+
+    A training point can vote for test input i only if it lies within r of x_i, so inputs more than 2r
+    apart never share a poisoned point.  The inputs are split into groups of pairwise > 2r apart
+    (greedy colouring of the "within 2r" graph).  Inside a group one insertion or deletion moves one
+    vote of one input and a modification two (one per input at most), so e operations move at most
+    2e votes in a group ("operations"; e with unit "insert-delete").  Flipping input i costs
+    need_i = min(min_b (s_a - s_b + 1[b > a]), s_a) votes (s_a deletions empty the ball: abstain);
+    the attacker flips at most the cheapest correct inputs whose needs fit the budget, per group."""
+    votes = cert.votes.long()
+    pred = cert.prediction
+    correct = (pred == y) & (pred != ABSTAIN)
+    a = pred.clamp_min(0)
+    s_a = votes.gather(1, a[:, None]).squeeze(1)
+    K = votes.shape[1]
+    bonus = (torch.arange(K)[None] > a[:, None]).long()
+    need = (s_a[:, None] - votes + bonus)
+    need.scatter_(1, a[:, None], torch.full_like(s_a[:, None], 2**40))
+    need = torch.minimum(need.amin(1), s_a)
+    xf = x.flatten(1).double()
+    close = torch.cdist(xf, xf) <= 2 * r
+    colour = torch.full((len(xf),), -1, dtype=torch.long)
+    for i in range(len(xf)):                                   # greedy colouring, index order
+        used = set(colour[close[i] & (colour >= 0)].tolist())
+        c = 0
+        while c in used:
+            c += 1
+        colour[i] = c
+    per = 2 if unit == "operations" else 1
+    out = []
+    for e in sizes:
+        flipped = 0
+        for c in range(int(colour.max()) + 1):
+            costs = need[(colour == c) & correct].sort().values
+            flipped += int((costs.cumsum(0) <= per * int(e)).sum())
+        out.append((int(e), float((int(correct.sum()) - flipped) / len(xf))))
+    return out
+
+
 def _prepare(train_x, train_y, num_classes, owner):
     if not isinstance(train_x, torch.Tensor) or not isinstance(train_y, torch.Tensor):
         raise TypeError(f"{owner}.certify needs tensors train_x, train_y, x.")
@@ -159,4 +212,4 @@ def _prepare(train_x, train_y, num_classes, owner):
     return train_x.flatten(1).float().cpu(), ty, k
 
 
-__all__ = ["CertifiedKNN", "CertifiedRNN", "PoisoningCertificate", "vote_tolerance", "ABSTAIN"]
+__all__ = ["CertifiedKNN", "CertifiedRNN", "PoisoningCertificate", "vote_tolerance", "rnn_joint_curve", "ABSTAIN"]
