@@ -40,6 +40,33 @@ def class_indices(y: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     return [(int(c), torch.nonzero(y == c).flatten()) for c in torch.unique(y)]
 
 
+def principal_axes(R: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class PCA shared by the three sanitizers: ``(M, lam, V)`` with ``M = R - mean(R)`` (the
+    centred representations), ``lam`` the top-``k`` eigenvalues of ``M^T M / n`` in decreasing
+    order and ``V`` (D, k) their eigenvectors (= the top right singular vectors of ``M``)."""
+    M = R - R.mean(0, keepdim=True)
+    k = max(1, min(k, M.shape[1]))
+    evals, evecs = torch.linalg.eigh(M.T @ M / max(len(M), 1))
+    return M, evals[-k:].flip(0), evecs[:, -k:].flip(1)
+
+
+def other_label_evidence(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """e_i = max_{c != label} z_c(x_i): how strongly the model sees another label in each sample
+    (poison keeps its source-class content; activation clustering's exclusion argument)."""
+    other = logits.clone()
+    other[:, label] = float("-inf")
+    return other.max(1).values
+
+
+def evidence_gap(e: torch.Tensor, side: torch.Tensor) -> float:
+    """(mean e on ``side`` - mean e off it) / pooled standard deviation; 0 when a side has < 2."""
+    a, b = e[side], e[~side]
+    if min(len(a), len(b)) < 2:
+        return 0.0
+    pooled = torch.sqrt((a.var() + b.var()) / 2).clamp_min(torch.finfo(e.dtype).tiny)
+    return float((a.mean() - b.mean()) / pooled)
+
+
 def check_fields(obj, **limits) -> None:
     """Shared ``__post_init__`` helper (kept here so the three sanitizers read alike)."""
     from ..._validation import in_range, positive

@@ -46,7 +46,8 @@ import torch
 from ..._validation import one_of
 from ...roles import Sanitizer
 from ...types import SampleScores
-from ._representations import check_fields, class_indices, representations
+from ._representations import (check_fields, class_indices, evidence_gap, other_label_evidence, principal_axes,
+                               representations)
 
 __all__ = ["ActivationClustering", "ANALYSES"]
 
@@ -110,10 +111,10 @@ class ActivationClustering(Sanitizer):
     # ---- step 2: dimensionality reduction -------------------------------------------------------
     def _reduce(self, A: torch.Tensor) -> torch.Tensor:
         d = max(1, min(self.n_components, A.shape[1], len(A) - 1))
-        M = A - A.mean(0, keepdim=True)
         if self.reduce == "pca":
-            _, vecs = torch.linalg.eigh(M.T @ M)
-            return M @ vecs[:, -d:].flip(1)
+            M, _, V = principal_axes(A, d)
+            return M @ V
+        M = A - A.mean(0, keepdim=True)
         import warnings
 
         from sklearn.decomposition import FastICA
@@ -160,13 +161,8 @@ class ActivationClustering(Sanitizer):
             return smaller, small
         if self.analysis == "silhouette":
             return smaller, small and good_fit
-        other = logits.clone()
-        other[:, label] = float("-inf")
-        best_other = other.max(1).values                                   # max_{c≠y} z_c
-        e = [best_other[clusters == k] for k in (0, 1)]
-        if min(len(e[0]), len(e[1])) < 2:
+        e = other_label_evidence(logits, label)                            # max_{c≠y} z_c
+        if min(int((clusters == 0).sum()), int((clusters == 1).sum())) < 2:
             return smaller, False
-        means = torch.stack([e[0].mean(), e[1].mean()])
-        pooled = torch.sqrt((e[0].var() + e[1].var()) / 2).clamp_min(torch.finfo(means.dtype).tiny)
-        gap = float((means.max() - means.min()) / pooled)
-        return int(means.argmax()), good_fit and gap >= self.exclusion_threshold
+        gap = evidence_gap(e, clusters == 1)                               # cluster 1 vs cluster 0
+        return (1 if gap >= 0 else 0), good_fit and abs(gap) >= self.exclusion_threshold

@@ -30,7 +30,7 @@ import torch
 from ..._stats import MAD_CONSISTENCY
 from ...roles import Sanitizer
 from ...types import SampleScores
-from ._representations import check_fields, class_indices, representations
+from ._representations import check_fields, class_indices, principal_axes, representations
 
 __all__ = ["PCAOutliers", "pca_t2"]
 
@@ -40,11 +40,9 @@ def pca_t2(R: torch.Tensor, k: int) -> torch.Tensor:
     n = len(R)
     if n < 3:
         return torch.zeros(n, dtype=R.dtype)
-    M = R - R.mean(0, keepdim=True)
-    evals, evecs = torch.linalg.eigh(M.T @ M / (n - 1))
-    k = max(1, min(k, M.shape[1], n - 1))
-    lam, V = evals[-k:], evecs[:, -k:]
-    keep = lam > lam[-1] * 1e-9                                       # drop null directions
+    M, lam, V = principal_axes(R, min(k, n - 1))
+    lam = lam * n / (n - 1)                                           # eigenvalues of M^T M / (n - 1)
+    keep = lam > lam[0] * 1e-9                                        # drop null directions
     P = M @ V[:, keep]
     return (P ** 2 / lam[keep]).sum(1)
 
