@@ -1,5 +1,5 @@
-"""Neural Trojans' anomaly filter: crafting is reproducible and local; the tree flags the
-hand-wired 2x2 patch it has never seen."""
+"""Neural Trojans' anomaly filter: crafting is reproducible and local; the tree is fitted once; it
+flags the hand-wired 2x2 patch it has never seen."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 from backdoorlab.data import as_tensors
 from backdoorlab.defenses.filter import Guard
-from backdoorlab.defenses.filter.anomaly import AnomalyFilter, craft_abnormal
+from backdoorlab.defenses.filter.anomaly import AnomalyFilter, block_stats, craft_abnormal
 
 
 def test_crafting_is_local_and_reproducible():
@@ -39,8 +39,43 @@ def test_feature_space_uses_the_model(badnets, digits):
     assert s.shape == (50,) and float(s.min()) >= 0 and float(s.max()) <= 1
 
 
+def test_crafting_kinds_and_block_stats():
+    x = torch.zeros(600, 3, 12, 12)
+    a = craft_abnormal(x, 0.25, torch.Generator().manual_seed(1))
+    changed = (a != x).any(1)                                  # (N, H, W): where an anomaly landed
+    n = changed.flatten(1).sum(1)
+    assert int(n.max()) <= 9                                   # squares of side <= 3, or <= 4 pixels
+    assert int((n == 0).sum()) > 0                             # black squares on black: no change
+    rows, cols = changed.any(2), changed.any(1)                # squares are contiguous blocks
+    assert bool(((rows.sum(1) * cols.sum(1)) >= n).all())
+    s = block_stats(a, 4)
+    assert s.shape == (600, 3 * 3 * 16)
+    assert torch.equal(s[:, :48].amax(1) > 0, a.flatten(1).amax(1) > 0)   # cell max sees every patch
+
+
+def test_tree_fitted_once_per_model_and_pool(badnets, digits, monkeypatch):
+    model, _, _ = badnets
+    xtr, _ = as_tensors(digits[0])
+    f = AnomalyFilter()
+    calls = []
+    real = AnomalyFilter.fit_trees
+    monkeypatch.setattr(AnomalyFilter, "fit_trees", lambda self, m, p: calls.append(1) or real(self, m, p))
+    pool = xtr[:200]
+    a = f.score(model, xtr[300:310], pool)
+    b = f.score(model, xtr[300:310], pool)
+    assert len(calls) == 1 and torch.equal(a, b)
+    f.score(model, xtr[300:310], xtr[:200])                    # another pool object: refit
+    assert len(calls) == 2
+
+
 def test_validation():
     with pytest.raises(ValueError, match="space"):
         AnomalyFilter(space="logits")
     with pytest.raises(ValueError, match="max_patch"):
         AnomalyFilter(max_patch=0.0)
+    with pytest.raises(ValueError, match="AnomalyFilter.n_trees"):
+        AnomalyFilter(n_trees=0)
+    with pytest.raises(ValueError, match="AnomalyFilter.grid"):
+        AnomalyFilter(grid=0)
+    with pytest.raises(ValueError, match="AnomalyFilter.min_change"):
+        AnomalyFilter(min_change=1.0)
