@@ -1,10 +1,7 @@
 """Shared by the certify_*.py benchmarks (issue 9): paths, the results-file header, markdown tables."""
 from __future__ import annotations
 
-import os
-import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,19 +10,22 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def header(title: str, command: str) -> list[str]:
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        load = float("nan")
+def threads() -> int:
+    """Torch threads: $OMP_NUM_THREADS when set (1 on the shared machine: two spinning OpenMP threads
+    per process waste the CPU when it is oversubscribed), else 2."""
+    import os
+
     import torch
 
-    return [f"# {title}", "",
-            f"- command: `{command}`",
-            f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); load average at the end "
-            f"{load:.1f} (other developers' jobs shared the CPU, so absolute times are pessimistic)", ""]
+    n = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    torch.set_num_threads(n)
+    return n
+
+
+def header(title: str, command: str) -> list[str]:
+    """Title and the reproducing command; ``_util.write_result`` adds command line, commit, machine, load."""
+    return [f"# {title}", "", f"Reproduce: `{command}`.  Other developers' jobs shared the 2-core CPU (see the "
+            "load average above), so absolute seconds are pessimistic; speed claims are ratios from one run.", ""]
 
 
 def table(columns, rows) -> list[str]:
@@ -41,9 +41,9 @@ def _fmt(v) -> str:
 
 
 def write(name: str, lines: list[str]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n")
+    from _util import write_result
+
+    path = write_result(name, "\n".join(lines))
     print("\n".join(lines))
     print(f"wrote {path}")
     return path
