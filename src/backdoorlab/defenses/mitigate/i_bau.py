@@ -57,6 +57,11 @@ held-out CA 90% = 18/20) -> ``min_outer_steps = 30``.  Reproduce with ``benchmar
 --select`` (e.g. ``--select mnist-pattern I-BAU fraction 0.05 '{"min_outer_steps": 1, "rounds": 2}'``;
 ``min_outer_steps`` 1 there because 2,400 images are 24 batches, not the 30 of the full 5% set).
 The test set is used only for the benchmark table (benchmarks/results/repair.md).
+
+Known limits (docs/repair.md): the inner maximisation is a local ascent from δ = 0; on the MNIST
+blend model (i.i.d. noise key) and the GTSRB 4x4-square model the perturbation it finds is nearly
+orthogonal to the trigger (cosine -0.11 / -0.003) and sends almost no image to the target, so the
+backdoor is only partly unlearnt (ASR 30% / 69% in the benchmark).
 """
 from __future__ import annotations
 
