@@ -54,19 +54,35 @@ SETTINGS = {
     "digits-1%": ("digits", 0.011, 30, 64, 0.05, 30, 0.1),
     "mnist-10%": ("mnist", 0.10, 6, 128, 0.05, 2, 0.5),
     "mnist-1.1%": ("mnist", 0.011, 3, 128, 0.05, 2, 0.1),
+    # the BadNets model of benchmarks/_filter_common.py (4x4 square -> 0, 10%): class 0 has only 70
+    # clean images in the subset, so it is ~95% poison
+    "gtsrb-10%": ("gtsrb", 0.10, 8, 128, 0.02, 4, 0.95),
+    # papers' regime on GTSRB: 75 poisoned = 10% of the largest class (2, 750 images), 4x4 square
+    "gtsrb-0.57%": ("gtsrb", 75 / 13070, 8, 128, 0.02, 4, 0.1),
 }
+# setting -> (trigger side, target) where not the 3x3 square -> 0
+TRIGGER = {"gtsrb-0.57%": (4, 2)}
+
+
+# spectral signatures' direction and scores, oriented and cut at the gap of the signed projection, only
+# in classes whose candidates the model attributes to other labels; ε = 1.0: no bound on the poison share
+SS_EXCLUSION = SpectralSignatures(poison_fraction=1.0, orient=True, cut="split", min_gap=1.5)
 
 
 def sanitizers(eps: float) -> dict:
     """label -> (sanitizer, retrain?)"""
     return {  # most important first: a run cut short still has them
         "SS, ε = 0.10 (BackdoorBench: 1.5 x 10% of the class)": (SpectralSignatures(poison_fraction=0.1), True),
-        f"SS, ε = {eps:.2f} (in-class poison bound)": (SpectralSignatures(poison_fraction=eps), eps != 0.1),
+        f"SS, ε = {eps:.2f} (in-class poison bound)": (SpectralSignatures(poison_fraction=eps),
+                                                         eps != 0.1 and 1.5 * eps < 1),
         "AC, exclusion (default)": (ActivationClustering(), True),
-        f"SS oriented, ε = {eps:.2f} (orient=True)": (SpectralSignatures(poison_fraction=eps, orient=True), True),
+        "SS + exclusion (orient, cut=split, min_gap=1.5, no ε)": (SS_EXCLUSION, True),
+        f"SS oriented, ε = {eps:.2f} (orient=True)": (SpectralSignatures(poison_fraction=eps, orient=True),
+                                                       1.5 * eps < 1),
         "PCA outliers (seed 000)": (PCAOutliers(), True),
         "AC, relative size": (ActivationClustering(analysis="relative-size"), False),
         "AC, silhouette + smaller cluster (ART)": (ActivationClustering(analysis="silhouette"), False),
+        "none (reference: same retraining, nothing removed)": (None, True),
     }
 
 
@@ -75,19 +91,30 @@ def ensure_model(setting: str):
     exactly as ``backdoorlab attack badnets --trigger square --size 3 --target 0 --seed 0``."""
     name, rate, epochs, bs, lr, _, _ = SETTINGS[setting]
     data_dir = None if name == "digits" else DATA
+    if setting == "gtsrb-10%":
+        from _filter_common import badnets_model, model_path  # the filter benchmarks' cached GTSRB model
+
+        from backdoorlab.cli.inspect_data import training_set
+
+        model, goal, train, test = badnets_model("gtsrb")
+        dataset, mask, goal, _ = training_set(train, load_ground_truth(truth_path(model_path("gtsrb"))))
+        return model.eval(), dataset, mask, goal, test
     train, test = load_dataset(name, "train", data_dir), load_dataset(name, "test", data_dir)
     path = CACHE / ("mnist-badnets-square.safetensors" if setting == "mnist-10%" else f"{setting}.safetensors")
     if not path.exists():
         g = torch.Generator().manual_seed(0)
-        trig = PatchTrigger.square(train.info.input_shape, 3, "bottom-right", 1.0)
-        poisoned = BadNets(trigger=trig, target=0, rate=rate).poison(train, generator=g)
+        side, target = TRIGGER.get(setting, (3, 0))
+        trig = PatchTrigger.square(train.info.input_shape, side, "bottom-right", 1.0)
+        poisoned = BadNets(trigger=trig, target=target, rate=rate).poison(train, generator=g)
         info = train.info
-        model = init_weights(build(DEFAULT_ARCH[name], input_shape=info.input_shape,
+        arch = "badnets-cnn" if name == "gtsrb" else DEFAULT_ARCH[name]   # as the filter benchmarks' GTSRB model
+        model = init_weights(build(arch, input_shape=info.input_shape,
                                    num_classes=info.num_classes, mean=info.mean, std=info.std), g)
         log = fit(model, poisoned.dataset, epochs=epochs, batch_size=bs, lr=lr, generator=g)
         save_model(path, model, dataset=info.to_json(), training=log.to_json())
         save_ground_truth(truth_path(path), poisoned.goal, poisoned.poison_indices,
-                          info={"attack": "badnets", "trigger": "square", "size": 3, "rate": rate, "target": 0})
+                          info={"attack": "badnets", "trigger": "square", "size": side, "rate": rate,
+                                "target": target})
     model, _ = load_model(path)
     from backdoorlab.cli.inspect_data import training_set
 
@@ -103,9 +130,11 @@ def run_setting(setting: str, cache: dict) -> dict:
         ev = evaluate(model, test, goal)
         y = dataset.tensors()[1]
         out["before"] = {"ca": ev.clean_accuracy, "asr": ev.attack_success_rate, "n": len(y),
-                         "poison": int(mask.sum()), "target_fraction": float(mask[y == 0].double().mean())}
+                         "poison": int(mask.sum()), "target_fraction": float(mask[y == goal.target].double().mean())}
     for label, (san, do_retrain) in sanitizers(eps).items():
         row = out.setdefault(label, {})
+        if "recall" not in row and san is None:       # the reference: same retraining, nothing removed
+            row.update(flagged=0, precision=0.0, recall=0.0, auroc=0.5, scan_s=0.0, flags=[])
         if "recall" not in row:
             t0 = time.perf_counter()
             s = san.scan(model, dataset)
@@ -113,7 +142,7 @@ def run_setting(setting: str, cache: dict) -> dict:
             row.update(flagged=int(s.flagged.sum()), precision=tp / max(int(s.flagged.sum()), 1),
                        recall=tp / int(mask.sum()), auroc=auroc(s.scores, mask),
                        scan_s=time.perf_counter() - t0, flags=torch.nonzero(s.flagged).flatten().tolist())
-            save_cache(cache)
+            save_cache(cache, setting)
         if do_retrain and "ca" not in row:
             flagged = torch.zeros(len(mask), dtype=torch.bool)
             flagged[torch.tensor(row["flags"], dtype=torch.long)] = True
@@ -122,17 +151,16 @@ def run_setting(setting: str, cache: dict) -> dict:
                           generator=torch.Generator().manual_seed(0))
             ev = evaluate(new, test, goal)
             row.update(ca=ev.clean_accuracy, asr=ev.attack_success_rate, retrain_s=time.perf_counter() - t0)
-            save_cache(cache)
+            save_cache(cache, setting)
         print(f"{setting:11s} {label:55s} recall {row['recall']:.3f} precision {row['precision']:.3f}"
               + (f" CA {row['ca']:.4f} ASR {row['asr']:.4f}" if "ca" in row else ""), flush=True)
     return out
 
 
-def save_cache(cache: dict) -> None:
-    """One file per setting, so that settings can run in parallel processes."""
+def save_cache(cache: dict, setting: str) -> None:
+    """One file per setting (only ``setting``'s is written), so settings can run in parallel processes."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    for setting, out in cache.items():
-        (CACHE / f"bench-{setting}.json").write_text(json.dumps(out))
+    (CACHE / f"bench-{setting}.json").write_text(json.dumps(cache[setting]))
 
 
 def load_cache() -> dict:
@@ -148,10 +176,12 @@ def write_table(cache: dict, command: str) -> str:
     lines = ["# Training-set sanitizers (issue 5, training time)", "",
              f"Command: `{command}`  ", f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ",
              f"Machine: {machine()}; load average {load_avg()} — other developers' jobs shared the 2 cores.", "",
-             "BadNets, 3x3 white square bottom-right, all-to-one -> 0.  'target fraction' = poisoned share of "
+             "BadNets, white square bottom-right (3x3 on digits / MNIST, 4x4 on GTSRB), all-to-one -> 0 (GTSRB-0.57%: -> 2).  'target fraction' = poisoned share of "
              "the target class.  Precision / recall of the flags against the poison indices; CA / ASR of a "
-             "fresh model retrained on the kept samples (MNIST: 2 epochs, for CPU time; digits: 30); the "
-             "MNIST 1.1% model was trained for 3 epochs, the 10% one for 6.  `-` = not retrained.", ""]
+             "fresh model retrained on the kept samples (MNIST: 2 epochs, for CPU time; digits: 30; GTSRB: 4); the "
+             "MNIST 1.1% model was trained for 3 epochs, the 10% one for 6; GTSRB-10% for 16 (8 + 8 at lr 0.01, by the filter benchmarks), GTSRB-0.57% for 8.  `-` = not "
+             "retrained (or every sample flagged).  'none' = the same retraining on everything (the reference).  "
+             "GTSRB-10% is the BadNets model of the filter benchmarks (4x4 square -> 0).", ""]
     for setting, out in cache.items():
         b = out.get("before")
         if not b:
@@ -172,34 +202,50 @@ def write_table(cache: dict, command: str) -> str:
         "detection on MNIST (Chen et al. 2018).  BackdoorBench (CIFAR-10, PreAct-ResNet18, BadNets 10%): "
         "ASR after SS 92.41%, after AC 86.23%.", "",
         "## Which regime is a correct implementation in?", "",
-        "It depends on the poisoned share *of the target class*, not on the implementation alone.", "",
-        "* Papers' regime: the poison is a minority of its class (Tran et al.: 5-10% of the target class; "
-        "Chen et al.: at most a third per class).  The class mean stays near the clean mean, so the poison is "
-        "the one far end of the top singular direction (spectral signatures) and the smaller 2-means cluster "
-        "(activation clustering).  Our planted-poison tests (9% of a class) find all of it with every rule.",
-        "* BackdoorBench's regime (and our CLI default): all-to-one BadNets on 10% of the *whole* set makes the "
-        "target class about half poison (MNIST: 6000 poisoned + 5923 clean 0s).  Then (i) the squared projection "
-        "is symmetric — both clusters are equally far from the class mean (digits: mean projections -8.4 vs "
-        "+8.6) — so removing 1.5 x 50% of the class still leaves a quarter of the poison (MNIST: recall 76%, "
-        "ASR after retraining 53%); (ii) the two activation clusters have the same size, so 'smaller cluster' "
-        "is a coin flip and 'relative size < 0.35' flags no poison, only small clean sub-clusters of other classes "
-        "(rows 'AC, relative size' / 'silhouette').",
-        "* BackdoorBench's spectral code also cuts at the 85th percentile of the target class only, i.e. "
-        "1.5 x the *global* rate 10% = 15% of a class that is ~50% poison: at most 30% of the poison can go "
-        "(our ε = 0.10 row: MNIST recall 11.7%, ASR after retraining 99.8% — their 92.41%).  It also projects "
-        "the uncentred representations on v.  Their AC uses 'smaller cluster'.  Both numbers are what the "
-        "papers' rules give when the poison is half the class.",
-        "* What works in both regimes is the paper's third analysis, exclusionary reclassification (poison "
-        "keeps its source-class content, so it is the cluster the model attributes to another label): our "
-        "retraining-free version is the 'AC, exclusion' row.  Giving spectral signatures the same "
-        "evidence ('SS oriented': signed projection towards the end the model attributes to other labels) "
-        "also removes all the poison at 50%, but a uniform ε = 0.5 removes 75% of *every* class, and the "
-        "clean classes lose whole modes (CA column).",
-        "* The paper-regime MNIST rows (1.1% of the set = 10% of the target class) reproduce the papers: "
-        "spectral signatures and activation clustering remove (nearly) all the poison and retraining gives "
-        "ASR well under 1%.  Digits has only ~14 poisoned samples in that regime and is too small for the "
-        "clustering to isolate them.",
-        "* Not run (CPU time): the CIFAR-10 / GTSRB subsets, and BackdoorBench's PreAct-ResNet18.", ""]
+        "It depends on the poisoned share *of the target class* (and on the backdoor being learned), not on "
+        "the implementation alone.", "",
+        "* Papers' regime (MNIST 1.1% of the set = 10% of the target class): the poison is a minority of its "
+        "class, the class mean stays near the clean mean, and the poison is the one far end of the top singular "
+        "direction and the smaller 2-means cluster.  The paper's rule (remove 1.5 x 10% of every class) removes "
+        "98.6% of the poison and retraining gives ASR 0.22%; activation clustering 99.85% / ASR 0.13% — the "
+        "papers' near-perfect removal.  The 'none' row (same 2-epoch retraining on everything: ASR 81%) shows "
+        "that the drop comes from the removal.",
+        "* BackdoorBench's regime (all-to-one on 10% of the *whole* set; our CLI default): the MNIST target class "
+        "is 50% poison (6000 + 5923 clean 0s).  The squared projection is symmetric and both halves are equally "
+        "far from the class mean (within-class AUROC of τ 0.48), so removing 1.5 x 50% of the class still leaves "
+        "a quarter of the poison (recall 76%, ASR after retraining 53%).  BackdoorBench cuts 1.5 x the *global* "
+        "rate, 15% of the class: our ε = 0.10 row gives recall 11.7% and ASR 99.8% after retraining (their "
+        "CIFAR-10 92.41%).  Activation clustering with the size rules ('smaller cluster', as BackdoorBench; "
+        "'relative size < 0.35') removes none of it — the two clusters have the same size (their 86.23%).  So "
+        "the public benchmark's numbers are what correct implementations of the papers' rules give when the "
+        "poison is half the class; they are not implementation bugs.",
+        "* The fix within the methods is to tell the two halves apart by what the poison keeps: its source-class "
+        "content (the paper's exclusionary-reclassification argument).  'AC, exclusion' (our default) takes the "
+        "cluster the model attributes to another label: MNIST 99.7% recall, ASR 0.17%.  'SS + exclusion' keeps "
+        "spectral signatures' top singular direction but (i) orients it towards other-label evidence (signed "
+        "projection: within-class AUROC 1.00 vs 0.48), (ii) cuts at the gap of that projection (1-D 2-means) "
+        "instead of a fixed 1.5 ε, and (iii) cuts only classes whose candidates differ from the rest by >= 1.5 "
+        "pooled SDs of that evidence: MNIST 10% recall 99.4%, precision 99.7%, CA 98.66%, ASR 0.22%; 1.1% recall "
+        "100%, ASR 0.14% — with no poison rate given.  The paper's rule stays the default "
+        "(`SpectralSignatures()`); the preset is `SpectralSignatures(poison_fraction=1.0, orient=True, "
+        "cut='split', min_gap=1.5)`.  'SS oriented, ε = 0.5' without the class gate also removes all the poison "
+        "but 75% of every clean class (CA 67%).",
+        "* GTSRB subset, 10% of the set -> class 0: class 0 has only 70 clean images, so it is 95% poison from 42 "
+        "source classes.  Now the *clean* images are the outliers (within-class AUROC of τ 0.13: spectral "
+        "signatures ranks the clean 0s as most suspicious), the top direction splits the poison by source class, "
+        "and no sanitizer removes it (ASR after retraining 86-92%, like the 'none' row).  The exclusion gate "
+        "calibrated on MNIST (1.5 SDs) is not transferable either: this GTSRB model's clean classes differ by "
+        "1.6-3.4 SDs between the two ends of their top direction, so 'SS + exclusion' cut 3989 clean images "
+        "(CA 51.7%) and none of the poison.  Retraining here is 4 epochs (CA of the 'none' row 77.6% vs 87.8% "
+        "for the 16-epoch model), so compare CA within the table.",
+        "* GTSRB subset, papers' regime (75 poisoned = 10% of class 2, 4x4 square): 8 epochs implant only a "
+        "weak backdoor (ASR 41.9%), and with it a weak signature: the paper's spectral rule removes 37% of the "
+        "poison (AUROC 0.62), per-class PCA 45%, activation clustering none; the oriented variants point the "
+        "wrong way (AUROC 0.26) — the exclusion argument needs a backdoor the model has learned.  Retraining "
+        "for 4 epochs on everything gives ASR 4.4% ('none'), so that table's ASR column says nothing about "
+        "the sanitizers.  This run does not reproduce the papers' near-perfect removal on GTSRB; a model "
+        "trained until the backdoor is learned was not run (CPU time).",
+        "* Not run (CPU time): CIFAR-10 and BackdoorBench's PreAct-ResNet18.", ""]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
@@ -218,15 +264,16 @@ def main(argv=None) -> int:
     command = "python benchmarks/sanitize.py" + (f" --only {args.only}" if args.only else "")
     if args.table:
         print(write_table(cache, "python benchmarks/sanitize.py (settings run as separate processes: "
-                                 "--only digits, --only mnist-10%, --only mnist-1.)"))
+                                 "--only digits, --only mnist, --only gtsrb-10%, --only gtsrb-0)"))
         return 0
     for s in chosen:
-        if s.startswith("mnist") and not (DATA / "mnist.npz").exists():
-            print(f"{s}: skipped (no {DATA / 'mnist.npz'})")
+        npz = {"mnist": "mnist.npz", "gtsrb": "gtsrb_subset.npz"}.get(SETTINGS[s][0])
+        if npz and not (DATA / npz).exists():
+            print(f"{s}: skipped (no {DATA / npz})")
             continue
         run_setting(s, cache)
-        write_table({**load_cache(), **cache}, command)
-    print(write_table({**load_cache(), **cache}, command))
+        write_table({**load_cache(), s: cache[s]}, command)
+    print(write_table(load_cache(), command))
     return 0
 
 
