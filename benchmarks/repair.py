@@ -281,7 +281,11 @@ Reading the table (this run):
   sampling noise, "no worse" is all the table shows.)  Single pixel: I-BAU 98.57 / 0.14 in 14 s,
   NAD 97.06 / 0.21 in 18 s.  The I-BAU speed-up is far from the paper's 13x: our NAD is small
   (5 + 10 epochs of a 281k-parameter CNN on 3,000 images) and each I-BAU step costs K = 5
-  vector-Jacobian products through the fixed-point map.
+  vector-Jacobian products through the fixed-point map.  Timing noise under this load: the same
+  I-BAU computation (2 rounds on 2,400 images) took 9.5-13.3 s CPU in separate `--select` runs, so
+  the 13 s vs 17 s gap is real but small; by operation count (2 x (20 inner + 30 outer steps of
+  about 8 forward/backward passes) vs 5 + 10 epochs of 47 steps, the student's with a teacher
+  forward) I-BAU does about 85% of NAD's work here.
 - 100 clean samples: I-BAU runs 30 rounds of (inner solve, one outer step) (`min_outer_steps` 30,
   chosen on an 80/20 split of the 100 images: 10 steps left the proxy at 100% on the target);
   pattern 97.30 / 0.62 (CA -1.95 pt), pixel 94.87 / 0.38 (-4.37 pt): ASR <= 10% met.
