@@ -35,7 +35,7 @@ def test_feature_space_uses_the_model(badnets, digits):
     model, _, _ = badnets
     train, _ = digits
     xtr, _ = as_tensors(train)
-    s = AnomalyFilter(space="both").score(model, xtr[:50], xtr[100:300])
+    s = AnomalyFilter(space="both", n_trees=1).score(model, xtr[:50], xtr[100:300])
     assert s.shape == (50,) and float(s.min()) >= 0 and float(s.max()) <= 1
 
 
