@@ -74,3 +74,21 @@ def test_autoencoder_learns_digits(setting):
     assert mse < 0.5 * baseline
     with pytest.raises(ValueError, match="fitted"):
         AutoencoderPurifier().purify(model, x)
+
+
+def test_removal_mask_dilation_and_validation(setting):
+    """dilate=d grows the thresholded Grad-CAM mask by a (2d+1)x(2d+1) max filter: a superset of the
+    paper's mask that contains every pixel within d (Chebyshev) of it and nothing farther."""
+    model, goal, _, x = setting
+    stamped = goal.apply(x[:20])
+    plain = Februus(cam_threshold=0.8, dilate=0).removal_mask(model, stamped)
+    grown = Februus(cam_threshold=0.8, dilate=1).removal_mask(model, stamped)
+    assert bool((grown >= plain).all()) and float(grown.sum()) > float(plain.sum())
+    for m0, m1 in zip(plain[:, 0], grown[:, 0]):
+        r, c = torch.nonzero(m0, as_tuple=True)
+        rr, cc = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+        dist = ((rr[..., None] - r).abs().maximum((cc[..., None] - c).abs())).amin(-1)  # Chebyshev distance
+        assert torch.equal(m1.bool(), dist <= 1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="dilate"):
+            Februus(dilate=bad)

@@ -36,8 +36,10 @@ class ConvAutoencoder(nn.Module):
 
 
 class Inpainter(nn.Module):
-    """A small U-Net for masked images: input (x * (1 - m), m), output a full image in [0, 1].
-    Dilated convolutions at half resolution give it context several pixels around the hole."""
+    """A small U-Net for masked images: input (x * (1 - m), m), output a full image (linear output
+    layer; callers clamp to [0, 1]).  Dilated convolutions at half resolution give it context several
+    pixels around the hole.  No sigmoid: on sparse images (MNIST is ~80% black) a sigmoid output
+    trained towards 0 saturates and the network dies (it returned exactly 0 everywhere)."""
 
     def __init__(self, channels: int, width: int = 16):
         super().__init__()
@@ -56,7 +58,7 @@ class Inpainter(nn.Module):
         h = F.relu(self.m2(F.relu(self.m1(h2)))) + h2
         u = F.interpolate(F.relu(self.d2(h)), size=h1.shape[-2:], mode="bilinear", align_corners=False)
         u = F.relu(self.d1(torch.cat([u, h1], 1)))
-        return torch.sigmoid(self.out(u))
+        return self.out(u)
 
 
 def train_net(net: nn.Module, n: int, loss_of_batch: Callable[[torch.Tensor], torch.Tensor], *,
