@@ -61,7 +61,10 @@ SETTINGS = {
     "gtsrb-0.57%": ("gtsrb", 75 / 13070, 8, 128, 0.02, 4, 0.1),
 }
 # setting -> (trigger side, target) where not the 3x3 square -> 0
-TRIGGER = {"gtsrb-0.57%": (4, 2)}
+TRIGGER = {"gtsrb-0.57%": (4, 2), "gtsrb-0.57%+8": (4, 2)}
+# setting -> (setting whose model is trained further, extra epochs, lr); scanned only, not retrained
+CONTINUED = {"gtsrb-0.57%+8": ("gtsrb-0.57%", 8, 0.01)}
+SETTINGS["gtsrb-0.57%+8"] = SETTINGS["gtsrb-0.57%"][:5] + (0,) + SETTINGS["gtsrb-0.57%"][6:]
 
 
 # spectral signatures' direction and scores, oriented and cut at the gap of the signed projection, only
@@ -101,6 +104,15 @@ def ensure_model(setting: str):
         return model.eval(), dataset, mask, goal, test
     train, test = load_dataset(name, "train", data_dir), load_dataset(name, "test", data_dir)
     path = CACHE / ("mnist-badnets-square.safetensors" if setting == "mnist-10%" else f"{setting}.safetensors")
+    if setting in CONTINUED and not path.exists():
+        base, more, lr2 = CONTINUED[setting]
+        model, poisoned_ds, _, _, _ = ensure_model(base)
+        log = fit(model.train(), poisoned_ds, epochs=more, batch_size=bs, lr=lr2,
+                  generator=torch.Generator().manual_seed(1))
+        save_model(path, model, dataset=train.info.to_json(), training=log.to_json())
+        import shutil
+
+        shutil.copyfile(truth_path(CACHE / f"{base}.safetensors"), truth_path(path))
     if not path.exists():
         g = torch.Generator().manual_seed(0)
         side, target = TRIGGER.get(setting, (3, 0))
@@ -143,7 +155,7 @@ def run_setting(setting: str, cache: dict) -> dict:
                        recall=tp / int(mask.sum()), auroc=auroc(s.scores, mask),
                        scan_s=time.perf_counter() - t0, flags=torch.nonzero(s.flagged).flatten().tolist())
             save_cache(cache, setting)
-        if do_retrain and "ca" not in row:
+        if do_retrain and re_epochs and "ca" not in row:
             flagged = torch.zeros(len(mask), dtype=torch.bool)
             flagged[torch.tensor(row["flags"], dtype=torch.long)] = True
             t0 = time.perf_counter()
@@ -176,10 +188,12 @@ def write_table(cache: dict, command: str) -> str:
     lines = ["# Training-set sanitizers (issue 5, training time)", "",
              f"Command: `{command}`  ", f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ",
              f"Machine: {machine()}; load average {load_avg()} — other developers' jobs shared the 2 cores.", "",
-             "BadNets, white square bottom-right (3x3 on digits / MNIST, 4x4 on GTSRB), all-to-one -> 0 (GTSRB-0.57%: -> 2).  'target fraction' = poisoned share of "
+             "BadNets, white square bottom-right (3x3 on digits / MNIST, 4x4 on GTSRB), all-to-one -> 0 "
+             "(GTSRB-0.57%: -> 2).  'target fraction' = poisoned share of "
              "the target class.  Precision / recall of the flags against the poison indices; CA / ASR of a "
              "fresh model retrained on the kept samples (MNIST: 2 epochs, for CPU time; digits: 30; GTSRB: 4); the "
-             "MNIST 1.1% model was trained for 3 epochs, the 10% one for 6; GTSRB-10% for 16 (8 + 8 at lr 0.01, by the filter benchmarks), GTSRB-0.57% for 8.  `-` = not "
+             "MNIST 1.1% model was trained for 3 epochs, the 10% one for 6; GTSRB-10% for 16 (8 + 8 at lr "
+             "0.01, by the filter benchmarks), GTSRB-0.57% for 8 (+8: 8 more at lr 0.01).  `-` = not "
              "retrained (or every sample flagged).  'none' = the same retraining on everything (the reference).  "
              "GTSRB-10% is the BadNets model of the filter benchmarks (4x4 square -> 0).", ""]
     for setting, out in cache.items():
@@ -243,8 +257,10 @@ def write_table(cache: dict, command: str) -> str:
         "poison (AUROC 0.62), per-class PCA 45%, activation clustering none; the oriented variants point the "
         "wrong way (AUROC 0.26) — the exclusion argument needs a backdoor the model has learned.  Retraining "
         "for 4 epochs on everything gives ASR 4.4% ('none'), so that table's ASR column says nothing about "
-        "the sanitizers.  This run does not reproduce the papers' near-perfect removal on GTSRB; a model "
-        "trained until the backdoor is learned was not run (CPU time).",
+        "the sanitizers.  8 more epochs at lr 0.01 ('gtsrb-0.57%+8', scanned only) raise ASR to 53.9% and "
+        "change little: spectral 30.7%, PCA 44.0%, activation clustering 0%.  These runs do not reproduce the "
+        "papers' near-perfect removal on GTSRB: with 75 poisoned images this small CNN has not learned the "
+        "backdoor well enough to give it a separate representation (ASR < 54%).",
         "* Not run (CPU time): CIFAR-10 and BackdoorBench's PreAct-ResNet18.", ""]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +280,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/sanitize.py" + (f" --only {args.only}" if args.only else "")
     if args.table:
         print(write_table(cache, "python benchmarks/sanitize.py (settings run as separate processes: "
-                                 "--only digits, --only mnist, --only gtsrb-10%, --only gtsrb-0)"))
+                                 "--only digits, --only mnist, --only gtsrb-10%, --only gtsrb-0, --only gtsrb-0.57%+)"))
         return 0
     for s in chosen:
         npz = {"mnist": "mnist.npz", "gtsrb": "gtsrb_subset.npz"}.get(SETTINGS[s][0])
