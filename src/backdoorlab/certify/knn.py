@@ -15,7 +15,8 @@ labels, backdoor triggers included); the test input is fixed.
              ball abstains)
     certified accuracy at e = fraction of test inputs predicted correctly with e* >= e.
 
-Deviations: raw pixels as features (as in the paper); distance ties at the k-th neighbour are broken
+Deviations: raw pixels as features by default (the paper's feature space was not verified here; any map
+the attacker cannot influence, e.g. an encoder trained on other clean data, keeps the certificate valid); distance ties at the k-th neighbour are broken
 by training index among the k + 16 closest; rNN abstains (-1, not certified) on an empty ball.
 Distances are one matrix product per test batch against the whole training set.
 """
