@@ -35,14 +35,14 @@ def slow_entropy(model, x, pool, n, seed, superimpose, alpha=0.5):
         hs = []
         for j in range(n):
             b = pool[idx[i, j]]
-            xp = (x[i] + b).clamp(0, 1) if superimpose == "add" else (1 - alpha) * x[i] + alpha * b
+            xp = {"sum": x[i] + b, "add": (x[i] + b).clamp(0, 1), "blend": (1 - alpha) * x[i] + alpha * b}[superimpose]
             p = torch.softmax(model(xp.unsqueeze(0))[0].double(), 0)
             hs.append(-sum(float(pk) * math.log2(float(pk)) for pk in p if pk > 0))
         out.append(sum(hs) / n)
     return torch.tensor(out)
 
 
-@pytest.mark.parametrize("superimpose", ["add", "blend"])
+@pytest.mark.parametrize("superimpose", ["sum", "add", "blend"])
 def test_matches_literal_transcription(superimpose):
     g = torch.Generator().manual_seed(1)
     x, pool = torch.rand(5, 1, 4, 4, generator=g), torch.rand(7, 1, 4, 4, generator=g)
