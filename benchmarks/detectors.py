@@ -90,6 +90,37 @@ def _recalibrated(raw: dict, threshold: float):
     return Verdict(backdoored=bool(flagged), score=raw["score"], threshold=threshold, suspects=flagged)
 
 
+def _failures(inf, cln, t_cal, calib) -> str:
+    lines = []
+    for r in inf:
+        v = r["raw"].get("dl-tnd")
+        if v is not None and not (v["backdoored"] and v["suspects"][:1] == [r["target"]]):
+            e = v["evidence"]
+            lines.append(f"- DL-TND misses {r['name']}: at the true target s = {e['similarity'][r['target']]:.3f}, "
+                         f"its universal perturbation sends {100 * e['universal_success'][r['target']]:.0f}% of the "
+                         f"other images there (mask L1 {e['mask_l1'][r['target']]:.1f}): the fixed-lambda universal "
+                         "problem did not find the trigger, so per-image and universal logits disagree.")
+    for r in cln:
+        v = r["raw"].get("dl-tnd")
+        if v is not None and v["backdoored"]:
+            e, k = v["evidence"], v["suspects"][0]
+            lines.append(f"- DL-TND flags clean {r['name']} at label {k}: s = {e['similarity'][k]:.3f} with a universal "
+                         f"perturbation that reaches {100 * e['universal_success'][k]:.0f}% of the other images.")
+    if calib:
+        lines.append(f"- The {len(calib)} clean calibration models scored at most {t_cal:.3f}, below the official T = 0.75, "
+                     "while the evaluation's clean models reach "
+                     f"{max(r['raw']['dl-tnd']['score'] for r in cln):.3f}: clean DL-TND scores spread wider than four "
+                     "models show, so calibrating T on them does not remove the false positives.")
+    miss = [r for r in inf if "df-tnd" in r["raw"] and not r["raw"]["df-tnd"]["backdoored"]]
+    if miss:
+        lines.append("- DF-TND (margin rule, T = {:.1f}) misses {}: margins {} logits; it flagged only the bottom-corner 3x3 / 5x5 "
+                     "squares and BadNets patterns, none of the single pixels, blends, the top-left 4x4 or the "
+                     "centre square.".format(miss[0]["raw"]["df-tnd"]["threshold"],
+                                                    ", ".join(r["name"] for r in miss),
+                                                    ", ".join(f"{r['raw']['df-tnd']['score']:.2f}" for r in miss)))
+    return "\n".join(lines) or "none"
+
+
 def report(records, names, calib=()) -> str:
     from backdoorlab._stats import auroc
     from backdoorlab.defenses.detect.combined import Combined
@@ -160,6 +191,7 @@ def report(records, names, calib=()) -> str:
         f"(their scores: {cal_scores}) instead of the official code's 0.75. "
         "Shown beside the default; the combined rules use the default DL-TND.",
         "### Acceptance (issue 7)\n\n" + "\n".join(accept),
+        "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal, calib),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",
         "### Per model (verdict [suspects] (score))",

@@ -76,6 +76,12 @@ def main() -> None:
     missed = [r[0].name for r in inf if not (r[1]["backdoored"] and r[4] == r[0].target)]
     flagged_clean = [r[0].name for r in cln if r[1]["backdoored"]]
     accept = correct == len(inf) and fps <= 1
+    notes = "\n".join(
+        f"- {m.name} ({m.kind}, target {m.target}, test ASR {100 * m.asr:.1f}%): "
+        + (f"flagged {v['suspects']} instead" if v["backdoored"] else "not flagged")
+        + f"; the reversed trigger for the true target has L1 {rev:.1f} (true trigger {tl1:.1f}, median over labels "
+        f"{v['evidence']['median']:.1f}), anomaly index {v['evidence']['anomaly_index'][m.target]:.2f}."
+        for m, v, rev, tl1, top in inf if not (v["backdoored"] and top == m.target))
     body = f"""## Neural Cleanse detection over the MNIST model population (issue 3)
 
 {len(inf)} BadNets-infected and {len(cln)} clean MNIST models (`benchmarks/population.py`: badnets-cnn,
@@ -84,7 +90,10 @@ def main() -> None:
 defaults (`NeuralCleanse()`, what `backdoorlab scan MODEL --seed 0` runs): batched over the 10 labels,
 official lambda schedule and early stopping, on a clean set of 3,000 training images (the scan's 5%
 default). No setting was tuned on this population. Other developers' jobs shared the 2 CPU cores
-(load average at the end: {load_avg()}), so seconds are upper bounds; one thread per scan.
+(load average at the end: {load_avg()}, 15-25 during the run), so seconds are upper bounds; one thread
+per scan, up to six scans at once. Building notes (`benchmarks/population.py`): single pixels sit 3 px in
+from the corner (1 px in, the BadNets default, did not implant in one epoch: ASR 1.0%); patch3-center-t7
+failed the bar at 1 epoch (CA 97.63%, ASR 79.9%) and passed on its retry (3 epochs, seed 1107).
 
 | measure | value |
 |---|---|
@@ -100,6 +109,8 @@ default). No setting was tuned on this population. Other developers' jobs shared
 Acceptance (every infected model flagged with the correct target; at most 1 clean model flagged):
 **{"met" if accept else "not met"}** - missed or wrong target: {", ".join(missed) or "none"}; clean flagged:
 {", ".join(flagged_clean) or "none"}.
+
+{notes}
 
 {md_table(["model", "trigger", "target", "CA %", "ASR %", "attempts", "flagged", "suspects", "anomaly index",
            "reversed L1 (target)", "true L1", "min / median L1", "s"], rows)}
