@@ -28,7 +28,8 @@ VICTIMS_V2 = {"gtsrb-square8": ("gtsrb", "badnets-cnn", "square", 8, 10, 0.02),
               "gtsrb-checker8": ("gtsrb", "badnets-cnn", "checker", 8, 10, 0.02),
               "gtsrb-blend": ("gtsrb", "badnets-cnn", "noise", 0.2, 10, 0.02),
               "cifar10-checker8": ("cifar10", "badnets-cnn", "checker", 8, 15, 0.02),
-              "cifar10-checker8-30ep": ("cifar10", "badnets-cnn", "checker", 8, 30, 0.02)}
+              "cifar10-checker8-30ep": ("cifar10", "badnets-cnn", "checker", 8, 30, 0.02),
+              "cifar10-checker8-8ep": ("cifar10", "badnets-cnn", "checker", 8, 8, 0.02)}
 
 
 def dataset_of(name: str) -> str:
