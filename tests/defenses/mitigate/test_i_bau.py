@@ -89,6 +89,21 @@ def test_universal_perturbation_stays_in_the_ball(badnets, digits):
         assert nn.functional.cross_entropy(model(clean.x + d), clean.y) > base
 
 
+def test_restarts_keep_the_start_with_the_highest_loss(badnets, digits):
+    """restarts: the first start is the single-start solve (same generator stream), the kept δ is the
+    one with the largest clean loss, so it is never worse than the single start, and stays in the ball."""
+    model, _, _ = badnets
+    clean = clean_subset(digits[0], per_class=5, generator=gen(0))
+    kw = dict(steps=3, lr=10.0, reg=1e-3, epsilon=1.5, batch_size=20)
+    one = universal_perturbation(model, clean.x, clean.y, generator=gen(1), **kw)
+    again = universal_perturbation(model, clean.x, clean.y, generator=gen(1), **kw)
+    many = universal_perturbation(model, clean.x, clean.y, generator=gen(1), restarts=4, **kw)
+    assert torch.equal(one, again) and float(many.norm()) <= 1.5 + 1e-5
+    with torch.no_grad():
+        loss = lambda d: float(nn.functional.cross_entropy(model(clean.x + d), clean.y))  # noqa: E731
+        assert loss(many) >= loss(one) - 1e-6
+
+
 def test_fields_are_checked():
     with pytest.raises(ValueError, match="IBAU.perturbed_fraction"):
         IBAU(perturbed_fraction=0.0)
@@ -96,16 +111,21 @@ def test_fields_are_checked():
         IBAU(fixed_point_steps=0)
     with pytest.raises(ValueError, match="IBAU.min_outer_steps"):
         IBAU(min_outer_steps=0)
+    with pytest.raises(ValueError, match="IBAU.uap_restarts"):
+        IBAU(uap_restarts=0)
 
 
 def test_small_clean_sets_get_more_rounds(badnets, digits):
     """min_outer_steps: 60 samples at batch 20 are 3 steps a round; 7 steps need 3 rounds, each
-    re-solving δ; a larger round count is kept as given."""
+    re-solving δ; a larger round count is kept as given.  The inner solver's starts are spread
+    over the extra rounds (at least uap_restarts x rounds starts in all)."""
     model, _, _ = badnets
     clean = clean_subset(digits[0], per_class=6, generator=gen(0))
     cheap = dict(batch_size=20, uap_steps=1, fixed_point_steps=1)
     rep = IBAU(min_outer_steps=7, **cheap).repair(model, clean, generator=gen(1))
     assert rep.summary["rounds"] == 3 and rep.summary["outer_steps"] == 9
     assert len(rep.summary["delta_norms"]) == 3
+    assert rep.summary["uap_restarts"] == 3  # ceil(4 restarts x 2 rounds / 3 rounds)
     rep = IBAU(rounds=4, min_outer_steps=7, **cheap).repair(model, clean, generator=gen(1))
     assert rep.summary["rounds"] == 4 and rep.summary["outer_steps"] == 12
+    assert rep.summary["uap_restarts"] == 4
