@@ -119,21 +119,19 @@ uses 1,000 + 1,000).
   The grid also flags the pixel (index 8.81) and blend (2.33) models with their true targets.
 - **STRIP: reproduced.** FAR 0.00% at the 1% preset FRR in both; test FRR 1.20% (12 of 1,000) vs
   0.90%; AUROC 1.0000 in both.
-- **Repair: reproduced for retraining, Fine-Pruning and NAD on the pixel and pattern models**
+- **Repair: reproduced.** Retraining, Fine-Pruning and NAD on the pixel and pattern models
   (CA within 0.7 pt; ASR within 2.4 pt: Fine-Pruning pattern 1.63% vs 3.97%, NAD 0.72% vs 0.21%;
-  retraining leaves the backdoor in both), **not for I-BAU on the pattern model**: 36.98% ASR with
-  the current defaults vs the table's 0.10%, and 92.71% vs 0.27% with the code that made the older
-  table (7078b52).  It is the clean-set draw, not the grid: I-BAU of 7078b52 on the same model
-  with repair.py's draw gives 97.94 / 0.27 / 97.62 (the table exactly) and with the grid's draw
-  98.72 / 92.71 / 7.27 (the grid's cell exactly), `python benchmarks/grid_mnist_core.py
-  --draw-check` run on that commit's code.  With the current code (8cf92d6) the same check over
-  five draws of the 5% set gives ASR 0.10% (repair.py's draw, the table), 36.98% (the grid's),
-  71.46%, 0.42% and 90.14% (`--draw-check --draw-seeds 3 1 4 5`; CA 98.3-98.7%): one I-BAU run
-  removes this backdoor for some 3,000-image draws and not for others, which a one-draw table
-  cannot show (the 3-seed grid would).  I-BAU on the pixel model agrees (0.19% vs 0.14%).
+  retraining leaves the backdoor in both), and I-BAU since its random restarts (a5946eb): pattern
+  98.39 / 0.39 vs 98.52 / 0.19, pixel 97.97 / 0.39 vs 98.49 / 0.16.  Before a5946eb the I-BAU
+  pattern cell was NOT reproduced (36.98% ASR in the grid vs 0.10% in the table): a single inner
+  start finds the trigger direction on some 3,000-image clean draws and not on others (over five
+  draws 0.10 / 36.98 / 71.46 / 0.42 / 90.14% ASR, `--draw-check --draw-seeds 3 1 4 5`); with 4
+  starts the same five draws give 0.19-0.39% (`benchmarks/results/repair.md`, "over draws").
+  The I-BAU rows here were re-run on a5946eb (`DELETE FROM cells WHERE defense='i-bau'`, then the
+  same bench command).
 - Blend: another model than repair.md's (its noise key is drawn from the cell's seed; the table's
   is a fixed key), so not a reproduction; ranking on it: NAD 0.47%, Fine-Pruning 3.77%,
-  NC unlearning 1.23%, I-BAU 88.06%, retraining 99.27% ASR.
+  NC unlearning 1.23%, I-BAU 84.59%, retraining 99.27% ASR.
 - NAD's divergence guard (055a474) did not fire on any grid model: new and old NAD rows are equal.
 """
 
@@ -233,7 +231,9 @@ working tree): 7078b52 plus the bench changes of f1efae4 for the first pass; the
 `sqlite3 runs/mnist_core.sqlite ".backup runs/mnist_core.code-7078b52.sqlite"`,
 `DELETE FROM cells WHERE defense IN ('nad','i-bau')` (the config hash covers settings, not code)
 and the same bench command on a copy of 8cf92d6 (the new NAD / I-BAU defaults); this file was
-written with `--old-db runs/mnist_core.code-7078b52.sqlite --old-rev 7078b52` to show both.
+written with `--old-db runs/mnist_core.code-7078b52.sqlite --old-rev 7078b52` to show both; at
+23:47 UTC the four I-BAU rows were deleted again and re-run on the working tree at a5946eb (I-BAU
+with 4 inner starts), and this file rewritten with `python benchmarks/grid_mnist_core.py`.
 
 Run {fmt(t0)}-{fmt(t1)} UTC ({(t1 - t0) / 60:.0f} min wall{rerun}), {sum(r['seconds'] or 0 for r in rows) / 60:.0f} min
 of cell time (the final rows) over 2 worker processes of one torch thread each.  Other developers' jobs
