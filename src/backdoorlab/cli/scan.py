@@ -46,9 +46,9 @@ def register(sub, groups) -> None:
                    help="instead of --clean-fraction: this many clean samples per class")
     p.add_argument("--no-data", action="store_true",
                    help="use no clean data: run only data-free detectors (df-tnd), skip the others")
-    p.add_argument("--rule", default="lead", choices=["lead", "vote", "any", "all"],
+    p.add_argument("--rule", default="lead", choices=["lead", "agree", "vote", "any", "all"],
                    help="how several detectors' verdicts combine (default lead: the data-richest detector "
-                        "that ran decides; vote: at least half of them)")
+                        "that ran decides; agree: at least 2 name the same label; vote: at least half of them)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="DETECTOR.FIELD=VALUE",
                    help="a detector hyper-parameter, e.g. nc.epochs=50 (repeatable)")
     c.add_common(p)
