@@ -10,11 +10,12 @@ Threat model: the attacker inserts or deletes up to rho training samples (a modi
         (one insertion or deletion lands in one partition and changes at most one vote)
 
 The k members are trained **together**: their parameters are stacked (``torch.func.stack_module_state``)
-along a member axis and every layer is one batched matrix product over that axis (convolutions as
-unfold + batched matmul, the grouped-convolution idea without the slow grouped-conv backward on
-CPU); one backward pass of the summed per-member losses and one stacked Adam update per step
-train all members at once.  ``mode="sequential"`` trains the same members with the same arithmetic
-one after another, to measure the speed-up in the same run.
+along a member axis; member i's mini-batch is channel group i of one grouped convolution
+(``conv2d(groups=k)``, channels_last, so oneDNN runs a direct grouped kernel forward and backward,
+no im2col) and the linear layer is one batched matmul (``baddbmm``); one backward pass of the
+summed per-member losses and one stacked Adam update per step train all members at once.
+``mode="sequential"`` trains the same members one after another (the same code with k = 1, i.e. an
+ordinary convolution), to measure the speed-up in the same run.
 
 Every member's training is a function of its own partition's *content* only: the partition is
 sorted by content; the number of steps and the batch size are hyper-parameters (never derived from
@@ -51,24 +52,31 @@ def member_net(input_shape, num_classes: int, width: int) -> nn.Module:
                          nn.Flatten(), nn.Linear(2 * width * h * w, num_classes))
 
 
-def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Stacked 5x5 stride-2 convolution: x (k, B, C, H, W) or (B, C, H, W) shared, w (k, O, C, 5, 5)."""
-    shared = x.dim() == 4
-    xb = x if shared else x.flatten(0, 1)
-    H, W = xb.shape[-2:]
-    cols = F.unfold(xb, 5, padding=2, stride=2)                     # (., C*25, L)
-    if not shared:
-        cols = cols.unflatten(0, x.shape[:2])                        # (k, B, C*25, L)
-    out = torch.matmul(w.flatten(2)[:, None], cols) + b[:, None, :, None]   # (k, B, O, L)
-    return out.unflatten(-1, ((H + 1) // 2, (W + 1) // 2))
+def _gconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
+    """5x5 stride-2 convolution of ``groups`` stacked members in one grouped kernel: x (B, g*C, H, W),
+    w (k, O, C, 5, 5) -> (B, k*O, H', W'); member i owns channel group i.  channels_last, so oneDNN
+    runs its direct grouped kernel forward and backward (no im2col / col2im)."""
+    wk = w.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, wk, b.flatten(), stride=2, padding=2, groups=groups)
 
 
 def stacked_forward(params: dict, x: torch.Tensor) -> torch.Tensor:
-    """Logits (k, B, K) of all k members at once (one batched matmul per layer); ``x`` is either
-    (k, B, C, H, W) (each member its own batch) or (B, C, H, W) (one batch shared by all)."""
-    h = torch.relu(_conv(x, params["0.weight"], params["0.bias"]))
-    h = torch.relu(_conv(h, params["2.weight"], params["2.bias"]))
-    return torch.matmul(h.flatten(2), params["5.weight"].transpose(1, 2)) + params["5.bias"][:, None]
+    """Logits (k, B, K) of all k members at once; ``x`` is either (k, B, C, H, W) (each member its own
+    batch: member i's images are channel group i of one grouped convolution) or (B, C, H, W) (one batch
+    shared by all: the first layer is one ordinary convolution with the k members' filters stacked)."""
+    k = params["0.weight"].shape[0]
+    if x.dim() == 5:
+        _, B, C, H, W = x.shape   # (k, B, C, H, W) -> (B, k*C, H, W), channels_last, one copy (a
+        # strided view instead would send oneDNN down a path twice as slow, forward and backward)
+        xg = x.permute(1, 3, 4, 0, 2).reshape(B, H, W, k * C).contiguous().permute(0, 3, 1, 2)
+        h = torch.relu(_gconv(xg, params["0.weight"], params["0.bias"], k))
+    else:
+        B = x.shape[0]
+        h = torch.relu(_gconv(x.contiguous(memory_format=torch.channels_last),
+                              params["0.weight"], params["0.bias"], 1))
+    h = torch.relu(_gconv(h, params["2.weight"], params["2.bias"], k))      # (B, k*2w, h, w)
+    h = h.reshape(B, k, -1).transpose(0, 1)                                  # (k, B, 2w*h*w), Flatten order
+    return torch.baddbmm(params["5.bias"][:, None], h, params["5.weight"].transpose(1, 2))
 
 
 def partition(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,18 +188,19 @@ class DeepPartitionAggregation(Certifier):
 
 
 def _shifted(x: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
-    """x (..., C, H, W) translated per sample by off (..., 2) = (dy, dx) pixels, zero fill."""
+    """x (..., C, H, W) translated per sample by off (..., 2) = (dy, dx) pixels, zero fill (one flat
+    gather from the zero-padded images: each sample's window starts at its own offset)."""
     lead, (C, H, W) = x.shape[:-3], x.shape[-3:]
     xb, ob = x.reshape(-1, C, H, W), off.reshape(-1, 2)
     s = int(ob.abs().max()) if len(ob) else 0
     if s == 0:
         return x
-    xp = torch.nn.functional.pad(xb, (s, s, s, s))
-    rows = (s - ob[:, 0])[:, None] + torch.arange(H)[None]                      # (N, H)
-    cols = (s - ob[:, 1])[:, None] + torch.arange(W)[None]                      # (N, W)
-    n = torch.arange(len(xb))[:, None, None, None]
-    c = torch.arange(C)[None, :, None, None]
-    return xp[n, c, rows[:, None, :, None], cols[:, None, None, :]].reshape(*lead, C, H, W)
+    Hp, Wp = H + 2 * s, W + 2 * s
+    xp = torch.nn.functional.pad(xb, (s, s, s, s)).reshape(len(xb), C * Hp * Wp)
+    base = (torch.arange(C)[:, None, None] * (Hp * Wp) + torch.arange(H)[None, :, None] * Wp
+            + torch.arange(W)[None, None, :]).reshape(1, -1)                 # window at offset (0, 0)
+    start = (s - ob[:, 0]) * Wp + (s - ob[:, 1])                              # (N,)
+    return torch.gather(xp, 1, base + start[:, None]).reshape(*lead, C, H, W)
 
 
 def _adam(params, xs, ys, pos, live, lr, progress, offs=None):
