@@ -69,26 +69,41 @@ def fit(model: torch.nn.Module, dataset, *, epochs: int = 10, batch_size: int = 
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * s / total))) if lr_schedule == "cosine" else (lambda s: 1.0))
-    model.train()
-    step, loss_v = 0, torch.zeros(())
     t0 = time.perf_counter()
+    step, loss_v = minibatch_loop(model, opt, n, lambda idx: loss_fn(model(x[idx]), y[idx]), epochs=epochs,
+                                  batch_size=batch_size, cosine=lr_schedule == "cosine", generator=generator,
+                                  progress=progress, device=dev)
+    seconds = time.perf_counter() - t0
+    return TrainLog(epochs, step, seconds, epochs * n / max(seconds, 1e-9), loss_v)
+
+
+def minibatch_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, n: int,
+                   loss_of_batch: Callable[[torch.Tensor], torch.Tensor], *, epochs: int, batch_size: int,
+                   cosine: bool = True, generator: torch.Generator | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   device: torch.device | str | None = None) -> tuple[int, float]:
+    """The training loop every trainer shares: ``epochs`` shuffled passes over ``range(n)`` in
+    batches, one ``opt`` step on ``loss_of_batch(indices)`` each, per-step cosine (to 0) or constant
+    learning rate, ``progress(step, total)`` after each step.  ``model`` is in train mode during the
+    loop and left in eval mode; returns (steps, last loss)."""
+    total = epochs * math.ceil(n / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * s / total))) if cosine else (lambda s: 1.0))
+    model.train()
+    step, last = 0, torch.zeros(())
     for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator).to(dev)
+        perm = torch.randperm(n, generator=generator)
+        if device is not None:
+            perm = perm.to(device)
         for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = loss_of_batch(perm[i:i + batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             step += 1
-            loss_v = loss.detach()
+            last = loss.detach()
             if progress is not None:
                 progress(step, total)
-    seconds = time.perf_counter() - t0
     model.eval()
-    return TrainLog(epochs, step, seconds, epochs * n / max(seconds, 1e-9), float(loss_v))
+    return step, float(last)

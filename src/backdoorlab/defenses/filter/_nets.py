@@ -2,14 +2,13 @@
 Februus' inpainter (private: no I/O, explicit generators, progress through a callback)."""
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...training import init_weights
+from ...training import init_weights, minibatch_loop
 
 
 class ConvAutoencoder(nn.Module):
@@ -68,23 +67,8 @@ def train_net(net: nn.Module, n: int, loss_of_batch: Callable[[torch.Tensor], to
     learning rate; returns the last loss.  ``net`` is trained in place and left in eval mode."""
     init_weights(net, generator)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps = epochs * math.ceil(n / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    net.train()
-    step, last = 0, torch.zeros(())
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n, batch_size):
-            loss = loss_of_batch(perm[i:i + batch_size])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            last = loss.detach()
-            if progress is not None:
-                progress(step, steps)
-    net.eval()
+    _, last = minibatch_loop(net, opt, n, loss_of_batch, epochs=epochs, batch_size=batch_size, cosine=True,
+                             generator=generator, progress=progress)
     for p in net.parameters():
         p.requires_grad_(False)
-    return float(last)
+    return last
