@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 
 from . import _common as c
 from .filter import _plain, add_model_args, clean_set, eval_inputs, with_seed
@@ -30,13 +29,6 @@ def register(sub, groups) -> None:
         p.set_defaults(func=cmd_purify, purifier_name=name, purifier_cls=cls)
 
 
-def fit_purifier(purifier, model, clean, g: torch.Generator, progress=None):
-    """A purifier ready to ``purify``: learning purifiers (with ``fit``) are trained on ``clean``."""
-    if callable(getattr(purifier, "fit", None)):
-        return purifier.fit(model, clean, generator=g, progress=progress)
-    return purifier
-
-
 def cmd_purify(args: argparse.Namespace) -> int:
     from .._stats import wilson_interval
     from .._torch import predict
@@ -48,10 +40,10 @@ def cmd_purify(args: argparse.Namespace) -> int:
     g = c.generator(args)
     t0 = time.perf_counter()
     fitted = purifier
-    if callable(getattr(purifier, "fit", None)):
+    if callable(getattr(purifier, "fit", None)):  # learning purifiers train on the defender's clean set
         clean = clean_set(args, train, g)
         with c.progress(args, f"fit {name}") as cb:
-            fitted = fit_purifier(purifier, model, clean, g, cb)
+            fitted = purifier.fit(model, clean, generator=g, progress=cb)
     t_fit = time.perf_counter() - t0
     truth = c.ground_truth(args.model, args.truth)
     x, y, xs, ts = eval_inputs(test, truth[0] if truth else None, args.n_test, g)
