@@ -7,8 +7,12 @@ so triggers live in pixel space.  Every model is ``head(features(x))``:
   defenses reading representations use (spectral signatures, activation clustering, NC filter,
   NC pruning, Poison Frogs' feature collision, DF-TND);
 * ``model.head`` -> the final ``nn.Linear(D, num_classes)``;
-* ``model.last_conv`` -> dotted name of the last convolutional layer (Fine-Pruning prunes its
-  channels; NAD distils attention there), or ``None`` for MLPs;
+* ``model.last_conv`` -> dotted name of the last convolutional layer or stage (NAD distils
+  attention there, Februus takes Grad-CAM there), or ``None`` for MLPs;
+* ``model.prune_layer`` -> dotted name of the per-channel layer whose channels Fine-Pruning removes:
+  a ``Conv2d`` followed by ReLU, or the ``BatchNorm2d`` before the last ReLU of a pre-activation
+  ResNet (whose last stage ends in a residual sum, so zeroing a conv's filter would not remove the
+  channel); ``None`` = ``last_conv``;
 * ``model.arch`` / ``model.arch_kwargs`` -> how to rebuild it (written to the JSON sidecar).
 """
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ImageClassifier(nn.Module):
 
     arch: str = ""
     last_conv: str | None = None
+    prune_layer: str | None = None
     input_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = 10
 

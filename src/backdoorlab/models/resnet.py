@@ -55,7 +55,8 @@ class PreActResNet18(ImageClassifier):
     """PreAct-ResNet18; ``width`` scales all channels (64 = the standard network)."""
 
     arch = "preact-resnet18"
-    last_conv = "body.layer4"
+    last_conv = "body.layer4"   # NAD attention / Grad-CAM: the last stage's output
+    prune_layer = "body.bn"     # Fine-Pruning: the channels after the final pre-activation BN + ReLU
 
     def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
                  width: int = 64, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):

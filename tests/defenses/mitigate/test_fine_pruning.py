@@ -68,3 +68,36 @@ def test_layer_must_be_a_conv(badnets, digits):
         FinePruning(layer="body.nope").repair(model, clean)
     with pytest.raises(ValueError, match="FinePruning.max_drop"):
         FinePruning(max_drop=1.5)
+
+
+def test_preact_resnet_prunes_the_final_bn_channels_and_they_stay_dead(tmp_path):
+    """Pre-activation ResNet: the last stage ends in a residual sum, so Fine-Pruning removes channels
+    at the final BN + ReLU (``model.prune_layer``); a pruned channel's post-ReLU activation is exactly 0
+    (eval and after fine-tuning), the batched sweep equals the literal loop, and the model round-trips
+    through the safetensors file."""
+    from backdoorlab.io import load_model, save_model
+    from backdoorlab.models import build
+
+    torch.manual_seed(0)
+    model = build("preact-resnet18", input_shape=(3, 8, 8), num_classes=3, width=4).eval()
+    x = torch.rand(24, 3, 8, 8, generator=gen(0))
+    y = model(x).argmax(1)  # the model's own labels: accuracy 1 before pruning
+    assert model.prune_layer == "body.bn" and model.last_conv == "body.layer4"
+    bn = model.get_submodule("body.bn")
+    acts, logits = layer_outputs(model, bn, x)
+    order = acts.clamp_min(0).mean(dim=(0, 2, 3)).argsort()
+    acc = pruning_accuracies(model, bn, x, y, order, acts, logits)
+    for k in (1, 5, 16):  # literal: zero gamma/beta of the first k, run the whole model
+        m = clone_model(model)
+        with torch.no_grad():
+            m.body.bn.weight[order[:k]] = 0
+            m.body.bn.bias[order[:k]] = 0
+        assert abs(float((predict(m, x) == y).float().mean()) - float(acc[k])) < 1e-6
+    r = FinePruning(max_drop=0.5, epochs=1, batch_size=8).repair(model, (x, y), generator=gen(1))
+    idx = torch.tensor(r.summary["pruned_channels"], dtype=torch.long)
+    assert r.summary["layer"] == "body.bn" and r.summary["channels"] == 32 and len(idx) > 0
+    path = save_model(tmp_path / "fp.safetensors", r.model)
+    back = load_model(path)[0].eval()
+    post, _ = layer_outputs(back, back.get_submodule("body.bn"), x)
+    assert torch.count_nonzero(post.clamp_min(0)[:, idx]) == 0
+    assert torch.allclose(back(x), r.model(x), atol=1e-6)

@@ -28,7 +28,11 @@ Deviations:
     ``i_bau.py``): max_drop 0.04 -> held-out CA 98.5%, proxy 82.7% (class 0 = the target);
     0.10 -> 98.0%, 63.7% (class 0).  The defender-side criterion picks the same 10%.
   * Pruning zeroes the channel's filter and bias, which equals removing the channel for a conv
-    followed by ReLU (our CNNs).  The layer must be an ``nn.Conv2d``.
+    followed by ReLU (our CNNs).  The layer is ``model.prune_layer`` (default ``last_conv``): an
+    ``nn.Conv2d``, or an affine ``nn.BatchNorm2d`` followed by ReLU — the pre-activation ResNet's
+    final BN, because its last conv feeds a residual sum, where a zeroed filter would leave the
+    channel alive through the shortcut.  Zeroing that BN's γ_c and β_c makes channel c's post-ReLU
+    activation exactly 0 in eval and training mode, and the pruned model stays a plain state dict.
 """
 from __future__ import annotations
 
@@ -47,9 +51,10 @@ from .finetune import clean_tensors, phase, steps, trainable_copy
 _ELEMS = 1 << 23  # elements per batched tail forward (about 32 MB of float32)
 
 
-def conv_layer(owner: str, model: nn.Module, layer: str) -> tuple[str, nn.Conv2d]:
-    """The named conv layer (default ``model.last_conv``), with a clear error when it is missing."""
-    name = layer or getattr(model, "last_conv", None) or ""
+def conv_layer(owner: str, model: nn.Module, layer: str) -> tuple[str, nn.Module]:
+    """The named per-channel layer (default ``model.prune_layer``, else ``model.last_conv``): an
+    ``nn.Conv2d`` or an affine ``nn.BatchNorm2d``, with a clear error otherwise."""
+    name = layer or getattr(model, "prune_layer", None) or getattr(model, "last_conv", None) or ""
     if not name:
         raise ValueError(f"{owner}.layer must name a Conv2d layer; the model has no last_conv "
                          "(an MLP?) and no layer was given.")
@@ -57,10 +62,15 @@ def conv_layer(owner: str, model: nn.Module, layer: str) -> tuple[str, nn.Conv2d
         module = model.get_submodule(name)
     except AttributeError:
         raise ValueError(f"{owner}.layer must name a module of the model; got {name!r}.") from None
-    if not isinstance(module, nn.Conv2d):
-        raise ValueError(f"{owner}.layer must name an nn.Conv2d; {name!r} is a {type(module).__name__}. "
-                         "Pass layer='...' naming a convolution.")
+    bn = isinstance(module, nn.BatchNorm2d) and module.affine
+    if not (isinstance(module, nn.Conv2d) or bn):
+        raise ValueError(f"{owner}.layer must name an nn.Conv2d (or an affine nn.BatchNorm2d followed by "
+                         f"ReLU); {name!r} is a {type(module).__name__}. Pass layer='...' naming one.")
     return name, module
+
+
+def channels(module: nn.Module) -> int:
+    return int(module.weight.shape[0])
 
 
 def _replace_output(module: nn.Module, value: torch.Tensor):
@@ -129,7 +139,8 @@ def pruning_accuracies(model: nn.Module, module: nn.Module, x: torch.Tensor, y: 
 class FinePruning(Mitigator):
     """Fine-Pruning: prune dormant channels of a conv layer, then fine-tune.
 
-    layer:      dotted name of the pruned ``nn.Conv2d`` ("" = ``model.last_conv``, the paper's).
+    layer:      dotted name of the pruned ``nn.Conv2d`` / ``nn.BatchNorm2d`` ("" = ``model.prune_layer``,
+                the paper's last convolutional layer).
     max_drop:   clean-accuracy drop budget of the pruning stage (eq. 1; paper: 4%, ours 10%).
     epochs:     fine-tuning epochs after pruning (0 = pruning only).
     lr:         fine-tuning learning rate (SGD, momentum 0.9, cosine schedule).
@@ -170,13 +181,14 @@ class FinePruning(Mitigator):
         if progress is not None:
             progress(1, total)
         # 4. zero the pruned channels and fine-tune with them held at zero
-        keep = torch.ones(conv.out_channels, device=conv.weight.device)
+        keep = torch.ones(channels(conv), device=conv.weight.device)
         keep[pruned] = 0
+        shape = (-1,) + (1,) * (conv.weight.dim() - 1)
         with torch.no_grad():
-            conv.weight.mul_(keep.view(-1, 1, 1, 1))
+            conv.weight.mul_(keep.view(shape))
             if conv.bias is not None:
                 conv.bias.mul_(keep)
-        hooks = [conv.weight.register_hook(lambda g: g * keep.view(-1, 1, 1, 1))]
+        hooks = [conv.weight.register_hook(lambda g: g * keep.view(shape))]
         if conv.bias is not None:
             hooks.append(conv.bias.register_hook(lambda g: g * keep))
         try:
@@ -187,6 +199,6 @@ class FinePruning(Mitigator):
             for h in hooks:
                 h.remove()
         return Repaired(model=new.eval(), summary={
-            "layer": name, "pruned": k, "channels": conv.out_channels, "pruned_channels": pruned.tolist(),
+            "layer": name, "pruned": k, "channels": channels(conv), "pruned_channels": pruned.tolist(),
             "clean_accuracy_before": float(acc[0]), "clean_accuracy_pruned": float(acc[k]),
             "accuracy_by_pruned": [round(float(a), 6) for a in acc]})
