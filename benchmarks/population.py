@@ -193,7 +193,7 @@ def calibration(*, data_dir=SHARED_DATA, cache: Path = CACHE, train_missing: boo
 
 
 # ---- cached detector verdicts (shared by neural_cleanse_detection.py and detectors.py) ----------------
-SOURCE_KEYED = ("dl-tnd", "df-tnd")  # verdicts recomputed when these detectors' source files change
+SOURCE_KEYED = ("dl-tnd", "df-tnd", "neural-cleanse")  # verdicts recomputed when these detectors' source files change
 
 
 def detector_inputs(name: str, train):

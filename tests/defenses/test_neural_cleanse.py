@@ -62,7 +62,9 @@ def test_handwired_backdoor_is_found_at_its_location(verdicts, pixel_handwired):
     inside = float(rec.mask[:, 0, 0].sum())             # the planted pixel (0, 0)
     assert inside / rec.l1() > 0.5
     assert rec.l1() < 0.5 * ev.median                     # much smaller than a natural trigger
-    assert ev.success_rates[ev.labels.index(target)] >= 0.99
+    # the 0.99 threshold applies to the epoch-average success on the optimisation batches; the kept
+    # (smallest successful) mask is re-measured on all 200 images, where it may miss a few
+    assert ev.success_rates[ev.labels.index(target)] >= 0.97
     assert ev.l1_norms[ev.labels.index(target)] == pytest.approx(rec.l1(), rel=1e-5)
 
 
@@ -80,8 +82,13 @@ def test_evidence_is_consistent(verdicts):
     assert torch.allclose(torch.tensor(ev.anomaly_indices, dtype=torch.float64), (n - med).abs() / mad, rtol=1e-6)
     assert len(ev.triggers) == len(ev.labels) == 10 and all(isinstance(t, PatchTrigger) for t in ev.triggers)
     assert ev.image_passes == sum(ev.steps) * FAST["batch_size"]
-    assert all(s % FAST["batches_per_epoch"] == 0 and 0 < s <= FAST["epochs"] * FAST["batches_per_epoch"]
+    R = NeuralCleanse().restarts                           # steps count every start of a label
+    assert all(s % FAST["batches_per_epoch"] == 0 and R <= s <= R * FAST["epochs"] * FAST["batches_per_epoch"]
                for s in ev.steps)
+    assert len(ev.start_l1_norms) == 10 and all(len(v) == R for v in ev.start_l1_norms)
+    for n, starts in zip(ev.l1_norms, ev.start_l1_norms):  # the kept mask is the smallest successful start
+        ok = [v for v in starts if v is not None]
+        assert n == pytest.approx(min(ok) if ok else starts[0], rel=1e-5)
 
 
 def test_batched_equals_one_label_at_a_time(pixel_handwired, clean_x):
@@ -92,6 +99,30 @@ def test_batched_equals_one_label_at_a_time(pixel_handwired, clean_x):
     assert a[2] == b[2]
     for ma, mb in zip(a[0] + a[1], b[0] + b[1]):
         assert torch.allclose(ma, mb, atol=1e-4)
+
+
+def test_restarts_keep_the_smallest_successful_start():
+    # 2 labels x 3 starts, row r * L + i; label 0: starts reach the threshold with L1 5 and 3, start 2
+    # (L1 1) never does; label 1: no start succeeds -> start 0, as the official single start
+    l1 = [5.0, 7.0, 3.0, 6.0, 1.0, 2.0]
+    found = [True, False, True, False, False, False]
+    masks = [torch.full((1, 1, 1), v) for v in l1]
+    pats = [torch.full((1, 1, 1), float(j)) for j in range(6)]
+    m, p, steps, starts = NeuralCleanse(restarts=3)._best_start(2, 3, masks, pats, [10, 20, 30, 40, 50, 60], found)
+    assert [float(v.sum()) for v in m] == [3.0, 7.0] and [float(v.sum()) for v in p] == [2.0, 1.0]
+    assert steps == [90, 120]
+    assert starts == [(5.0, 3.0, None), (None, None, None)]
+
+
+def test_start_zero_is_the_single_start_run(pixel_handwired, clean_x):
+    # start 0 of a 2-start run is drawn and optimised exactly as the single-start (official) run
+    kw = dict(FAST, epochs=6, labels=(0, 3))
+    one = NeuralCleanse(**kw, restarts=1).reverse_engineer(pixel_handwired[0], clean_x, (0, 3), generator=gen(5))
+    two = NeuralCleanse(**kw, restarts=2).reverse_engineer(pixel_handwired[0], clean_x, (0, 3), generator=gen(5))
+    for i in range(2):
+        assert one[3][i][0] is not None                    # found in 6 epochs (λ = 0 at first)
+        assert two[3][i][0] == pytest.approx(one[3][i][0], rel=1e-4)
+        assert float(two[0][i].sum()) == pytest.approx(min(v for v in two[3][i] if v is not None), rel=1e-5)
 
 
 def _official_schedule(accs, regs, P, init_cost, mult, es_patience, es_thr=0.99, thr=0.99):
@@ -162,7 +193,8 @@ def test_mad_rule_hand_computed():
 
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("success_threshold", 1.5),
-                                          ("cost_multiplier", 1.0), ("batch_size", 2.5), ("labels", (-1,))])
+                                          ("cost_multiplier", 1.0), ("batch_size", 2.5), ("labels", (-1,)),
+                                          ("restarts", 0)])
 def test_invalid_fields_name_themselves(field, value):
     with pytest.raises(ValueError, match=f"NeuralCleanse.{field}"):
         NeuralCleanse(**{field: value})

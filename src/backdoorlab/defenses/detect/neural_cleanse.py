@@ -29,6 +29,14 @@ Deviations:
     the schedule is vectorised over labels and read back once per epoch, never per step.
   * ``bf16=True`` (off by default) runs the network under bfloat16 autocast; the official code is
     float32 throughout.
+  * Random restarts (``restarts``, default 2; the official code runs one start): every label is
+    optimised from ``restarts`` random (m, Δ) starts, all of them rows of the same batched forward,
+    and the smallest mask that reached the success threshold is kept (start 0 when none did).  Eq. (3)
+    is not convex and the official schedule only ever follows one start: a start can settle in a
+    large "natural" trigger for the target class (e.g. the strokes of a 7) that neither λ nor a longer
+    budget moves it out of, hiding a small planted trigger that other starts find.  Start 0 uses the
+    official draw order (same generator draws as with one start), further starts are drawn after it,
+    so ``restarts=1`` is the single-start optimiser.  The cost per step grows with the starts.
   * The median is ``torch.median`` (lower middle value for an even number of labels) via
     ``_stats.anomaly_index``; the official code uses numpy's average of the two middle values.
 """
@@ -66,6 +74,7 @@ class NeuralCleanseEvidence:
     median: float
     mad: float
     image_passes: int                    # label x image forward/backward passes in total
+    start_l1_norms: tuple = ()           # per label: each random start's best L1 (None: never succeeded)
 
     def trigger_for(self, label: int) -> PatchTrigger:
         return self.triggers[self.labels.index(int(label))]
@@ -84,7 +93,8 @@ class NeuralCleanseEvidence:
         return {"labels": list(self.labels), "l1_norms": list(self.l1_norms),
                 "anomaly_index": list(self.anomaly_indices), "success_rates": list(self.success_rates),
                 "steps": list(self.steps), "flagged": list(self.flagged), "median": self.median,
-                "mad": self.mad, "image_passes": self.image_passes}
+                "mad": self.mad, "image_passes": self.image_passes,
+                "start_l1_norms": [list(v) for v in self.start_l1_norms]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +108,7 @@ class NeuralCleanse(Detector):
     batches_per_epoch: steps per schedule epoch (MINI_BATCH).  epochs: max epochs per label (STEPS).
     early_stop / early_stop_threshold / early_stop_patience: per-label early stopping.
     anomaly_threshold: MAD index above which a small trigger is an outlier (2).
+    restarts: random starts per label (all in the same batched forward); the smallest successful mask wins.
     batched: optimise all labels in one batch (True) or one label at a time (False).
     eval_images: clean images used to report each trigger's success rate.
     bf16: run the model's forward/backward under CPU/CUDA bfloat16 autocast (mask, pattern, Adam
@@ -117,6 +128,7 @@ class NeuralCleanse(Detector):
     early_stop: bool = True
     early_stop_threshold: float = 0.99
     early_stop_patience: int = 10
+    restarts: int = 2
     anomaly_threshold: float = 2.0
     batched: bool = True
     eval_images: int = 2000
@@ -126,7 +138,8 @@ class NeuralCleanse(Detector):
         n = "NeuralCleanse"
         positive(n, "init_cost", self.init_cost)
         in_range(n, "cost_multiplier", self.cost_multiplier, 1.0, 1e3, lo_open=True)
-        for f in ("patience", "batch_size", "batches_per_epoch", "epochs", "early_stop_patience", "eval_images"):
+        for f in ("patience", "batch_size", "batches_per_epoch", "epochs", "early_stop_patience", "restarts",
+                  "eval_images"):
             positive(n, f, getattr(self, f), integer=True)
         in_range(n, "success_threshold", self.success_threshold, 0.0, 1.0, lo_open=True)
         in_range(n, "early_stop_threshold", self.early_stop_threshold, 0.0, 1.0, lo_open=True)
@@ -150,13 +163,13 @@ class NeuralCleanse(Detector):
         # Xeon for the MNIST CNN); the copy keeps the caller's model untouched.
         net = copy.deepcopy(model).to(memory_format=torch.channels_last)
         with eval_mode(net), frozen(net):
-            masks, patterns, steps = self.reverse_engineer(net, x, labels, generator=generator,
-                                                           progress=progress)
+            masks, patterns, steps, starts = self.reverse_engineer(net, x, labels, generator=generator,
+                                                                   progress=progress)
             triggers = tuple(PatchTrigger(mask=m.clamp(0, 1), pattern=p.clamp(0, 1)) for m, p in zip(masks, patterns))
             success = _success_rates(net, x[: self.eval_images], y[: self.eval_images], triggers, labels)
-        return self._outliers(labels, masks, triggers, success, steps)
+        return self._outliers(labels, masks, triggers, success, steps, starts)
 
-    def _outliers(self, labels, masks, triggers, success, steps) -> Verdict:
+    def _outliers(self, labels, masks, triggers, success, steps, starts=()) -> Verdict:
         """MAD test over the masks' L1 norms (step 2 of the paper's detection)."""
         norms = torch.stack([m.sum() for m in masks]).double()
         idx = anomaly_index(norms) if len(labels) > 1 else torch.zeros(1, dtype=torch.float64)
@@ -170,30 +183,53 @@ class NeuralCleanse(Detector):
             labels=tuple(labels), l1_norms=tuple(float(v) for v in norms),
             anomaly_indices=tuple(float(v) for v in idx), triggers=triggers,
             success_rates=tuple(success), steps=tuple(steps), flagged=tuple(labels[i] for i in flagged),
-            median=float(med), mad=mad, image_passes=int(sum(steps)) * self.batch_size)
+            median=float(med), mad=mad, image_passes=int(sum(steps)) * self.batch_size, start_l1_norms=tuple(starts))
         return Verdict(backdoored=bool(flagged), score=score, threshold=float(self.anomaly_threshold),
                        suspects=ev.flagged, evidence=ev)
 
     # ---- step 1: reverse-engineer a minimal trigger per label (eq. 3) -------------------------
     def reverse_engineer(self, model: torch.nn.Module, x: torch.Tensor, labels, *,
                          generator: torch.Generator | None = None, progress: Progress = None):
-        """(masks (1,H,W), patterns (C,H,W), steps) per label; ``model`` is used as is (eval, frozen)."""
+        """(masks (1,H,W), patterns (C,H,W), steps, starts) per label; ``model`` is used as is (eval,
+        frozen).  ``steps`` counts every start's optimisation steps; ``starts`` holds each start's
+        best mask L1 (None for a start that never reached the success threshold)."""
         C, H, W = x.shape[1:]
-        L = len(labels)
-        # random initial mask and pattern, as the official example (drawn once for every label)
-        m0 = torch.rand(L, 1, H, W, generator=generator).clamp(0.01, 0.99)
-        p0 = torch.rand(L, C, H, W, generator=generator).clamp(0.01, 0.99)
+        L, R = len(labels), self.restarts
+        # random initial mask and pattern, as the official example; start 0 is drawn exactly as with
+        # a single start (before the data seed), further starts after it
+        m0 = [torch.rand(L, 1, H, W, generator=generator).clamp(0.01, 0.99)]
+        p0 = [torch.rand(L, C, H, W, generator=generator).clamp(0.01, 0.99)]
         data_seed = generator_seed(generator)
+        for _ in range(R - 1):
+            m0.append(torch.rand(L, 1, H, W, generator=generator).clamp(0.01, 0.99))
+            p0.append(torch.rand(L, C, H, W, generator=generator).clamp(0.01, 0.99))
+        m0, p0 = torch.cat(m0), torch.cat(p0)          # row r * L + i: start r of label i
         if self.batched:
-            return self._optimise(model, x, list(labels), m0, p0, data_seed, progress, 0, self.epochs)
-        out_m, out_p, out_s = [], [], []
-        for i, t in enumerate(labels):  # the same optimiser, one label at a time
-            m, p, s = self._optimise(model, x, [t], m0[i:i + 1], p0[i:i + 1], data_seed, progress,
+            rows = self._optimise(model, x, list(labels) * R, m0, p0, data_seed, progress, 0, self.epochs)
+        else:
+            rows = [[None] * (R * L) for _ in range(4)]
+            for i, t in enumerate(labels):  # the same optimiser, one label (with its starts) at a time
+                pick = list(range(i, R * L, L))
+                out = self._optimise(model, x, [t] * R, m0[pick], p0[pick], data_seed, progress,
                                      i * self.epochs, L * self.epochs)
-            out_m += m
-            out_p += p
-            out_s += s
-        return out_m, out_p, out_s
+                for col, vals in zip(rows, out):
+                    for j, v in zip(pick, vals):
+                        col[j] = v
+        return self._best_start(L, R, *rows)
+
+    def _best_start(self, L, R, masks, patterns, steps, found):
+        """Per label: the smallest mask among the starts that reached the threshold (else start 0)."""
+        out_m, out_p, out_s, starts = [], [], [], []
+        for i in range(L):
+            js = range(i, R * L, L)
+            l1 = [float(masks[j].sum()) if found[j] else None for j in js]
+            ok = [j for j in js if found[j]]
+            best = min(ok, key=lambda j: float(masks[j].sum())) if ok else i
+            out_m.append(masks[best])
+            out_p.append(patterns[best])
+            out_s.append(sum(steps[j] for j in js))
+            starts.append(tuple(l1))
+        return out_m, out_p, out_s, starts
 
     def _optimise(self, model, x, labels, m0, p0, data_seed, progress, offset, span):
         dev = device_of(model)
@@ -208,7 +244,7 @@ class NeuralCleanse(Detector):
                  set_cnt=z.clone(), up_cnt=z.clone(), down_cnt=z.clone(), up=z.bool(), down=z.bool(),
                  es_cnt=z.clone(), reg_best=z + float("inf"), es_best=z + float("inf"),
                  m_best=_from_tanh(s["wm"]).detach().clone(), p_best=_from_tanh(s["wp"]).detach().clone())
-        res_m, res_p, res_steps = [None] * L, [None] * L, [0] * L
+        res_m, res_p, res_steps, res_found = [None] * L, [None] * L, [0] * L, [False] * L
         t = 0
         for epoch in range(self.epochs):
             acc_sum = torch.zeros(len(s["row"]), device=dev)
@@ -229,13 +265,14 @@ class NeuralCleanse(Detector):
                     res_m[r] = use.cpu()
                     res_p[r] = (s["p_best"][j] if found[j] else _from_tanh(s["wp"][j])).cpu()
                     res_steps[r] = t
+                    res_found[r] = bool(found[j])
                 keep = ~leave
                 s = {k: v[keep] for k, v in s.items()}  # freeze converged labels: they leave the batch
             if progress is not None:
                 progress(offset + (epoch + 1 if len(s["row"]) else self.epochs), span)
             if len(s["row"]) == 0:
                 break
-        return res_m, res_p, res_steps
+        return res_m, res_p, res_steps, res_found
 
     def _step(self, model, xb, s, t):
         """One Adam step on eq. (3) for every active label at once: (A labels) x (B images)."""
