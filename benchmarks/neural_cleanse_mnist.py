@@ -99,8 +99,9 @@ def _timed_detector(NeuralCleanse, record: list, profile: bool = False):
                     out = super().reverse_engineer(*args, **kw)
                 record.append((time.perf_counter() - t, prof.key_averages()))
             else:
+                c = time.process_time()
                 out = super().reverse_engineer(*args, **kw)
-                record.append(time.perf_counter() - t)
+                record.append((time.perf_counter() - t, time.process_time() - c))
             return out
 
     return Timed
@@ -131,18 +132,19 @@ def step_profile(NeuralCleanse, model, clean, kw, epochs: int) -> dict:
 def equal_budget(NeuralCleanse, model, clean, kw, repeats: int) -> dict:
     """Interleaved repeats of the equal-budget scan: batched and one label at a time, alternating which
     goes first.  Per mode: lists of detect() wall s, optimisation wall s, and the last evidence."""
-    runs = {True: {"total": [], "opt": []}, False: {"total": [], "opt": []}}
+    runs = {b: {k: [] for k in ("total", "opt", "total_cpu", "opt_cpu")} for b in (True, False)}
     for rep in range(repeats):
         for batched in ((True, False) if rep % 2 == 0 else (False, True)):
             rec = []
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             v = _timed_detector(NeuralCleanse, rec)(**kw, batched=batched).detect(
                 model, clean, generator=torch.Generator().manual_seed(1))
-            runs[batched]["total"].append(time.perf_counter() - t)
-            runs[batched]["opt"].append(rec[0])
+            for k, val in zip(("total", "total_cpu", "opt", "opt_cpu"),
+                              (time.perf_counter() - t, time.process_time() - c, *rec[0])):
+                runs[batched][k].append(val)
             runs[batched]["evidence"] = v.evidence
             print(f"  rep {rep} bf16={kw['bf16']} batched={batched}: detect {runs[batched]['total'][-1]:.2f}s "
-                  f"optimisation {rec[0]:.2f}s", flush=True)
+                  f"optimisation {rec[0][0]:.2f}s (CPU {rec[0][1]:.2f}s)", flush=True)
     return runs
 
 
@@ -163,16 +165,17 @@ def speed_section(NeuralCleanse, model, clean, info, a, fpi, peak, nc, full) -> 
                 ip, tot, opt = r["evidence"].image_passes, median(r["total"]), median(r["opt"])
                 rows.append([f"equal budget ({n_steps} steps x 10 labels x {R} start(s)), {prec}, "
                              + ("batched" if batched else "one label at a time"), f"{tot:.1f}", f"{opt:.1f}",
+                             f"{median(r['opt_cpu']):.1f}",
                              n_steps, f"{10 * R * n_steps / opt:.1f}", ip, f"{gf(ip, opt):.1f}",
                              f"{100 * gf(ip, opt) / peak:.0f}"])
-            ratio[R, bf16] = {k: [s / b for s, b in zip(runs[False][k], runs[True][k])] for k in ("total", "opt")}
+            ratio[R, bf16] = {k: [s / b for s, b in zip(runs[False][k], runs[True][k])] for k in ("total", "opt", "total_cpu", "opt_cpu")}
             agree[R, bf16] = all(torch.allclose(p.mask, q.mask, atol=1e-3) for p, q in
                                  zip(runs[True]["evidence"].triggers, runs[False]["evidence"].triggers))
             if R == a.restarts[0]:
                 prof[bf16] = step_profile(NeuralCleanse, model, clean, kw, a.profile_epochs)
             print(f"equal budget restarts={R} bf16={bf16}: ratio detect {ratio[R, bf16]['total']} "
                   f"optimisation {ratio[R, bf16]['opt']}", flush=True)
-    head = ["run", "detect() wall s", "optimisation wall s", "steps per label", "label-steps/s", "image passes",
+    head = ["run", "detect() wall s", "optimisation wall s", "optimisation CPU s", "steps per label", "label-steps/s", "image passes",
             "GFLOP/s", "% of sgemm peak"]
     if full is not None:
         v, scan_s, goal = full
@@ -183,7 +186,7 @@ def speed_section(NeuralCleanse, model, clean, info, a, fpi, peak, nc, full) -> 
             model, clean, generator=torch.Generator().manual_seed(0))
         bf_s = time.perf_counter() - t
         eb = vbf.evidence
-        rows = [[f"full scan, batched, early stopping (backdoored model), {p}", f"{s:.1f}", "-",
+        rows = [[f"full scan, batched, early stopping (backdoored model), {p}", f"{s:.1f}", "-", "-",
                  f"{min(e.steps)}-{max(e.steps)}", f"{sum(e.steps) / s:.1f}", e.image_passes,
                  f"{gf(e.image_passes, s):.1f}", f"{100 * gf(e.image_passes, s) / peak:.0f}"]
                 for p, s, e in (("float32", scan_s, ev), ("bfloat16 autocast", bf_s, eb))] + rows
@@ -200,7 +203,8 @@ def speed_section(NeuralCleanse, model, clean, info, a, fpi, peak, nc, full) -> 
     ratio_lines = [f"**Batched speed-up at equal budget, {R} start(s) per label, float32: "
                    f"{spread(ratio[R, False]['total'])} for the whole scan, {spread(ratio[R, False]['opt'])} for the "
                    f"optimisation alone; bfloat16 autocast: {spread(ratio[R, True]['total'])} / "
-                   f"{spread(ratio[R, True]['opt'])}**" for R in a.restarts]
+                   f"{spread(ratio[R, True]['opt'])}**; in process CPU time, optimisation alone: float32 "
+                   f"{spread(ratio[R, False]['opt_cpu'])}, bf16 {spread(ratio[R, True]['opt_cpu'])}" for R in a.restarts]
     agree_line = ", ".join(f"{agree[R, False]} / {agree[R, True]} ({R} start(s))" for R in a.restarts)
 
     # step profile: ms per step by category, and what batching can and cannot amortise
@@ -234,7 +238,9 @@ FLOPs per Neural Cleanse image pass (forward + input gradient, counted with torc
 run the same optimiser (same kernels, same data order) for the same steps x labels x images; only the batch
 differs. "detect() wall" is the whole scan (model copy, optimisation, each trigger's success rate on
 {nc.eval_images} clean images, MAD test); "optimisation wall" is `reverse_engineer` alone (the part that
-is batched); medians of {a.speed_repeats} interleaved repeat(s).
+is batched); medians of {a.speed_repeats} interleaved repeat(s). "CPU s" is the process's CPU time (all its
+threads): with 1 thread it is robust to other jobs on the machine (wall time is not); with more threads it also
+counts OpenMP workers' spin-waiting.
 
 {md_table(head, rows)}
 
