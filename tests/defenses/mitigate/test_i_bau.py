@@ -9,7 +9,9 @@ from torch import nn
 
 from backdoorlab.data import clean_subset
 from backdoorlab.defenses.mitigate import IBAU
-from backdoorlab.defenses.mitigate.i_bau import implicit_hypergradient, inner_objective, universal_perturbation
+from backdoorlab.defenses.mitigate.i_bau import (UniversalShift, implicit_hypergradient, inner_objective,
+                                                 universal_perturbation)
+from backdoorlab.models import build
 
 
 def gen(seed: int) -> torch.Generator:
@@ -104,6 +106,34 @@ def test_restarts_keep_the_start_with_the_highest_loss(badnets, digits):
         assert loss(many) >= loss(one) - 1e-6
 
 
+@pytest.mark.parametrize("arch, shape", [("digits-cnn", None), ("badnets-cnn", (3, 32, 32))])
+def test_universal_shift_is_exact(arch, shape, badnets, digits):
+    """The split forward (stem + conv1 of δ, then the rest) equals model(x + c·δ), and the
+    hypergradient through it equals the one through the plain forward (the model wrapped in a
+    Sequential takes the plain path)."""
+    if arch == "digits-cnn":
+        model, x = badnets[0], clean_subset(digits[0], per_class=3, generator=gen(0)).x
+    else:
+        model = build(arch, input_shape=shape, num_classes=10, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3])
+        x = torch.rand(30, *shape, generator=gen(0))
+    y = torch.arange(len(x)) % 10
+    net = UniversalShift(model)
+    assert net.first is not None and UniversalShift(nn.Sequential(model)).first is None
+    delta = torch.randn(1, *x.shape[1:], generator=gen(2))
+    carries = (torch.rand(len(x), generator=gen(3)) < 0.5).float()
+    with torch.no_grad():
+        ref = model(x + carries.view(-1, 1, 1, 1) * delta)
+        assert torch.allclose(net(x, delta, carries), ref, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(net(x, delta), model(x + delta), atol=1e-5, rtol=1e-5)
+    params = list(model.parameters())
+    kw = dict(alpha=0.01, reg=1e-3, K=3)
+    split, h1 = implicit_hypergradient(model, params, delta, x, y, carries, **kw)
+    plain, h2 = implicit_hypergradient(nn.Sequential(model), params, delta, x, y, carries, **kw)
+    assert torch.allclose(h1, h2, atol=1e-5)
+    num = sum(float((a - b).pow(2).sum()) for a, b in zip(split, plain)) ** 0.5
+    assert num <= 1e-4 * sum(float(b.pow(2).sum()) for b in plain) ** 0.5
+
+
 def test_fields_are_checked():
     with pytest.raises(ValueError, match="IBAU.perturbed_fraction"):
         IBAU(perturbed_fraction=0.0)
@@ -113,6 +143,26 @@ def test_fields_are_checked():
         IBAU(min_outer_steps=0)
     with pytest.raises(ValueError, match="IBAU.uap_restarts"):
         IBAU(uap_restarts=0)
+    with pytest.raises(ValueError, match="IBAU.restart_steps"):
+        IBAU(restart_steps=-1)
+    with pytest.raises(ValueError, match="IBAU.restart_steps"):
+        IBAU(restart_steps=2.5)
+
+
+def test_restart_steps_shorten_only_the_random_starts(badnets, digits):
+    """restart_steps = steps is the plain multi-start solve; the repair's step count (progress
+    total) is uap_steps for the start from 0 plus restart_steps for each random start, per round."""
+    model, _, _ = badnets
+    clean = clean_subset(digits[0], per_class=6, generator=gen(0))
+    kw = dict(steps=3, lr=10.0, reg=1e-3, epsilon=1.5, batch_size=20, restarts=3)
+    a = universal_perturbation(model, clean.x, clean.y, generator=gen(1), **kw)
+    b = universal_perturbation(model, clean.x, clean.y, generator=gen(1), restart_steps=3, **kw)
+    c = universal_perturbation(model, clean.x, clean.y, generator=gen(1), restart_steps=1, **kw)
+    assert torch.equal(a, b) and float(c.norm()) <= 1.5 + 1e-5
+    seen = []
+    IBAU(rounds=1, min_outer_steps=1, batch_size=20, uap_steps=2, uap_restarts=3, restart_steps=1,
+         fixed_point_steps=1).repair(model, clean, generator=gen(1), progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (2 + 2 * 1 + 3, 2 + 2 * 1 + 3)  # 60 samples / batch 20 = 3 outer steps
 
 
 def test_small_clean_sets_get_more_rounds(badnets, digits):
