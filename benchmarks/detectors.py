@@ -111,13 +111,16 @@ def _failures(inf, cln, t_cal, calib) -> str:
                      "while the evaluation's clean models reach "
                      f"{max(r['raw']['dl-tnd']['score'] for r in cln):.3f}: clean DL-TND scores spread wider than four "
                      "models show, so calibrating T on them does not remove the false positives.")
-    miss = [r for r in inf if "df-tnd" in r["raw"] and not r["raw"]["df-tnd"]["backdoored"]]
-    if miss:
-        lines.append("- DF-TND (margin rule, T = {:.1f}) misses {}: margins {} logits; it flagged only the bottom-corner 3x3 / 5x5 "
-                     "squares and BadNets patterns, none of the single pixels, blends, the top-left 4x4 or the "
-                     "centre square.".format(miss[0]["raw"]["df-tnd"]["threshold"],
-                                                    ", ".join(r["name"] for r in miss),
-                                                    ", ".join(f"{r['raw']['df-tnd']['score']:.2f}" for r in miss)))
+    for r in inf + cln:     # DF-TND: per-label margins s_k read in each label's own maximisation
+        v = r["raw"].get("df-tnd")
+        if v is None or v["backdoored"] == r["infected"] or "margin" not in (v["evidence"] or {}):
+            continue
+        s = v["evidence"]["margin"]
+        k1, k2 = sorted(range(len(s)), key=lambda k: -s[k])[:2]
+        what = (f"misses {r['name']}: at the true target s = {s[r['target']]:.1f} logits;" if r["infected"]
+                else f"flags clean {r['name']}:")
+        lines.append(f"- DF-TND {what} the two largest margins are label {k1} ({s[k1]:.1f}) and label {k2} "
+                     f"({s[k2]:.1f}), ratio {v['score']:.2f} vs T = {v['threshold']:.1f}.")
     return "\n".join(lines) or "none"
 
 

@@ -1,7 +1,7 @@
-"""DF-TND: the simplex projection against hand-computed points and the official bisection, the
-margin rule on hand-made logit increases, a planted neuron that responds far more than any clean
-one (its label's logit increase clears the others by the margin), no data needed; and (slow) the
-MNIST BadNets model and a clean one."""
+"""DF-TND: the simplex projections against hand-computed points and the official bisection, the
+ratio rule on hand-made margins, a planted neuron that responds far more than any clean one
+(its label's maximisation finds the pixel; its margin is several times any other label's), no data
+needed; and (slow) MNIST BadNets models and a clean one."""
 from __future__ import annotations
 
 import sys
@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from backdoorlab.defenses.detect import DETECTORS, DFTND
-from backdoorlab.defenses.detect.df_tnd import THRESHOLD, _project_simplex, label_margins, margin_rule
+from backdoorlab.defenses.detect.df_tnd import THRESHOLD, _project_simplex, _project_simplex_rows, ratio_rule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _planted import PIXEL, planted  # noqa: E402
+
+FAST = dict(steps=60, refine_steps=30)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -46,9 +48,35 @@ def test_simplex_projection():
     assert torch.allclose(p, _bisection(v), atol=1e-5)
 
 
+def test_simplex_projection_on_a_support():
+    v = torch.tensor([[0.6, 0.5, -1.0, 3.0], [0.2, 0.2, 0.2, 0.2]])
+    support = torch.tensor([[True, True, True, False], [False, True, True, True]])
+    out = _project_simplex_rows(v, support)
+    assert torch.allclose(out[0], torch.tensor([0.55, 0.45, 0.0, 0.0]))     # entry 3 is off the support
+    assert torch.allclose(out[1], torch.tensor([0.0, 1 / 3, 1 / 3, 1 / 3]))
+
+
+def test_ratio_rule_hand_computed():
+    # one label far above the rest: 30 / 8 = 3.75 > 3.5
+    s = torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 30])
+    r, flagged = ratio_rule(s, 3.5)
+    assert float(r[9]) == pytest.approx(30 / 8) and flagged == [9]
+    assert float(r[8]) == pytest.approx(8 / 30) and float(r[0]) == 0.0
+    assert ratio_rule(s, 3.8)[1] == []
+    # a clean-looking spread (strokes raise several labels): the top is 9 / 7
+    s = torch.tensor([-7.0, -5, 9, 6, 7, 7, 1, 5, 0, -8])
+    r, flagged = ratio_rule(s, 3.5)
+    assert flagged == [] and float(r.max()) == pytest.approx(9 / 7)
+    # runner-up below the 1-logit floor counts as 1: 4 / 1; a tiny lone margin is not a trojan
+    assert ratio_rule(torch.tensor([4.0, 0.3, -2.0]), 3.5)[1] == [0]
+    r, flagged = ratio_rule(torch.tensor([0.5, 0.01, -2.0]), 3.5)
+    assert flagged == [] and float(r[0]) == pytest.approx(0.5)
+    assert float(ratio_rule(torch.tensor([-1.0, -3.0]), 3.5)[0][0]) == pytest.approx(-1.0)
+
+
 @pytest.fixture(scope="module")
 def verdicts(clean_model):
-    det = DFTND(steps=80, refine_steps=40)
+    det = DFTND(**FAST)
     # the planted neuron r = 20 * x_p responds far above the clean features; its label gains 100 * x_p
     model = planted(clean_model, target=3, gain=20.0)
     return det.detect(model, None, generator=gen(0)), det.detect(clean_model, None, generator=gen(0)), model
@@ -59,49 +87,44 @@ def test_planted_neuron_label_is_the_outlier(verdicts):
     ev = v.evidence
     D = model.head.in_features - 1                      # index of the planted neuron
     assert ev.top_neurons[0] == D and float(ev.neuron_weights[D]) > 0.5
-    # pixel p of the refined trigger is set to 1 with mask 1
+    # label 3's maximisation sets pixel p to 1 with mask 1 on every noise input
     assert float(ev.trigger.mask[0, PIXEL[0], PIXEL[1]]) == 1.0
     assert float(ev.trigger.pattern[0, PIXEL[0], PIXEL[1]]) == 1.0
-    assert int(ev.logit_increase.argmax()) == 3 and v.suspects == (3,) and v.backdoored
-    L = ev.logit_increase
-    assert v.score == pytest.approx(float(L[3] - L[torch.arange(10) != 3].max().clamp_min(0)))
+    assert v.suspects == (3,) and v.backdoored and v.score == pytest.approx(float(ev.ratio[3]))
     assert v.score > v.threshold == THRESHOLD
-    assert ev.noise_inputs == 10 and len(ev.logit_increase) == 10
+    # L_3 in label 3's row: the planted weight 2 * 50 / 20 = 5 per unit response, 20 * 1 response
+    # at x_p = 1 vs x_p in [0, 0.1] before: at least 100 * 0.9 = 90 logits, far above every other label
+    assert float(ev.logit_increase[3, 3]) > 90 and int(ev.margin.argmax()) == 3
+    assert ev.noise_inputs == 10 and ev.logit_increase.shape == (10, 10)
 
 
-def test_clean_twin_margin_is_far_below_the_planted_one(verdicts):
+def test_neuron_weights_stay_on_the_labels_positive_neurons(verdicts):
+    v, _, model = verdicts
+    w = v.evidence.neuron_weights
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-5) and float(w.min()) >= 0
+    off = model.head.weight[v.suspects[0]] <= 0                   # neurons that do not raise label 3
+    assert off.any() and float(w[off].abs().max()) == 0.0
+
+
+def test_clean_twin_is_not_flagged(verdicts):
     v, twin, _ = verdicts
-    assert twin.score < v.score / 2
-    assert float(twin.evidence.logit_increase[3]) < float(v.evidence.logit_increase[3]) / 2
+    assert not twin.backdoored and twin.score < v.threshold
+    assert float(twin.evidence.logit_increase[3, 3]) < float(v.evidence.logit_increase[3, 3]) / 2
 
 
-def test_margin_rule_hand_computed():
-    # a common rise of two labels (clean activation maximisation) is no trojan: margin 10 - 9.5
-    L = torch.tensor([10.0, 9.5, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    assert margin_rule(L, 3.0) == (pytest.approx(0.5), [])
-    # the old MAD rule flagged exactly this pattern: anomaly index of label 0 is huge
-    from backdoorlab._stats import anomaly_index
-    assert float(anomaly_index(L)[0]) > 3.0
-    # one label alone: margin over the next increase (here 2.0)
-    L = torch.tensor([0.5, 2.0, 0.0, 30.0, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    assert margin_rule(L, 3.0) == (pytest.approx(28.0), [3])
-    assert margin_rule(L, 28.5) == (pytest.approx(28.0), [])
-    # per label: L_k minus the largest other increase (30 for all but label 3)
-    expected = torch.tensor([-29.5, -28.0, -30.0, 28.0, -34.0, -30.0, -30.0, -30.0, -30.0, -30.0])
-    assert torch.allclose(label_margins(L), expected)
-    # all others fell: the margin is measured from 0, so a small rise is not enough
-    L = torch.tensor([2.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0])
-    assert margin_rule(L, 3.0) == (pytest.approx(2.0), [])
-
-
-def test_verdict_follows_the_margin_rule(verdicts):
+def test_verdict_follows_the_ratio_rule(verdicts):
     v, twin, model = verdicts
     for verdict in (v, twin):
-        margin, flagged = margin_rule(verdict.evidence.logit_increase, verdict.threshold)
-        assert verdict.score == pytest.approx(margin) and list(verdict.suspects) == flagged
-        assert torch.equal(verdict.evidence.margin, label_margins(verdict.evidence.logit_increase))
-    # same seed, threshold just above the planted margin: same L, nothing flagged
-    above = DFTND(steps=80, refine_steps=40, threshold=v.score + 0.01).detect(model, None, generator=gen(0))
+        ev = verdict.evidence
+        L = ev.logit_increase
+        others = L.masked_fill(torch.eye(10, dtype=torch.bool), float("-inf")).amax(1).clamp_min(0)
+        assert torch.allclose(ev.margin, L.diagonal() - others)
+        r, flagged = ratio_rule(ev.margin, verdict.threshold)
+        assert torch.equal(ev.ratio, r) and list(verdict.suspects) == flagged
+        assert verdict.score == pytest.approx(float(r.max()))
+        assert ev.anomaly_indices == tuple(float(x) for x in r)
+    # same seed, threshold just above the planted ratio: same increases, nothing flagged
+    above = DFTND(**FAST, threshold=v.score + 0.01).detect(model, None, generator=gen(0))
     assert torch.equal(above.evidence.logit_increase, v.evidence.logit_increase) and not above.backdoored
 
 
@@ -114,7 +137,8 @@ def test_input_shape_needed(clean_model):
 
 
 @pytest.mark.parametrize("field,value", [("noise_inputs", 0), ("step_size", 0.0), ("threshold", -1.0),
-                                         ("lam", -0.1), ("mask_init", 1.5)])
+                                         ("lam", -0.1), ("mask_init", 1.5), ("noise_max", 0.0),
+                                         ("noise_max", 1.5), ("lam_warmup", 2.0)])
 def test_invalid_fields_name_themselves(field, value):
     with pytest.raises(ValueError, match=rf"DFTND\.{field} must"):
         DFTND(**{field: value})
@@ -125,7 +149,7 @@ def test_mnist_badnets_found_without_data():
     from backdoorlab.io import load_ground_truth, load_model, truth_path
 
     # members of benchmarks/population.py (the detection population; DF-TND's threshold was set on
-    # other clean models, runs/dftnd-calib, not on these)
+    # other clean models, runs/dftnd-calib and runs/population/calib-*, not on these)
     cache = Path(__file__).resolve().parents[3] / "runs" / "population"
     bd, cl = cache / "patch3-br-t5.safetensors", cache / "clean-s0.safetensors"
     if not (bd.exists() and cl.exists()):
