@@ -32,9 +32,27 @@ def true_l1(goal) -> float:
     return float(trig.alpha) * trig.pattern.shape[-2] * trig.pattern.shape[-1]   # blend: alpha over the image
 
 
+def single_start(ev, threshold: float = 2.0):
+    """The verdict of start 0 alone (= the official single-start optimiser, same draws), recomputed
+    from the per-start norms by the same MAD rule; None when a start 0 never reached the threshold
+    (its fallback mask's norm is not recorded)."""
+    from backdoorlab._stats import anomaly_index
+
+    starts = ev.get("start_l1_norms") or []
+    if not starts or any(v[0] is None for v in starts):
+        return None
+    n = torch.tensor([v[0] for v in starts], dtype=torch.float64)
+    idx, med = anomaly_index(n), n.median()
+    flagged = sorted((i for i in range(len(n)) if n[i] < med and idx[i] > threshold), key=lambda i: float(n[i]))
+    below = n < med
+    return {"suspects": [ev["labels"][i] for i in flagged], "score": float(idx[below].max()) if bool(below.any()) else 0.0,
+            "l1": n.tolist()}
+
+
 def main() -> None:
     from backdoorlab._stats import auroc
     from backdoorlab.data import load_dataset
+    from backdoorlab.defenses.detect import NeuralCleanse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -55,10 +73,12 @@ def main() -> None:
         rev = ev["l1_norms"][ev["labels"].index(m.target)] if m.infected else None
         tl1 = true_l1(m.goal) if m.infected else None
         top = v["suspects"][0] if v["suspects"] else None
-        recs.append((m, v, rev, tl1, top))
+        one = single_start(ev)
+        recs.append((m, v, rev, tl1, top, one))
         rows.append([m.name, m.kind, "-" if m.target is None else m.target, f"{100 * m.ca:.2f}",
                      "-" if m.asr is None else f"{100 * m.asr:.2f}", m.attempts, "**yes**" if v["backdoored"] else "no",
                      ",".join(map(str, v["suspects"])) or "-", f"{v['score']:.2f}",
+                     "n/a" if one is None else (",".join(map(str, one["suspects"])) or "-") + f" ({one['score']:.2f})",
                      "-" if rev is None else f"{rev:.1f}", "-" if tl1 is None else f"{tl1:.1f}",
                      f"{min(ev['l1_norms']):.1f} / {ev['median']:.1f}", f"{v['seconds']:.0f}"])
     if shard != (0, 1):
@@ -76,22 +96,27 @@ def main() -> None:
     missed = [r[0].name for r in inf if not (r[1]["backdoored"] and r[4] == r[0].target)]
     flagged_clean = [r[0].name for r in cln if r[1]["backdoored"]]
     accept = correct == len(inf) and fps <= 1
+    ones = [r for r in recs if r[5] is not None]
+    one_correct = sum(bool(r[5]["suspects"]) and r[5]["suspects"][0] == r[0].target for r in ones if r[0].infected)
+    one_fps = sum(bool(r[5]["suspects"]) for r in ones if not r[0].infected)
+    one_inf = sum(r[0].infected for r in ones)
     notes = "\n".join(
         f"- {m.name} ({m.kind}, target {m.target}, test ASR {100 * m.asr:.1f}%): "
         + (f"flagged {v['suspects']} instead" if v["backdoored"] else "not flagged")
         + f"; the reversed trigger for the true target has L1 {rev:.1f} (true trigger {tl1:.1f}, median over labels "
         f"{v['evidence']['median']:.1f}), anomaly index {v['evidence']['anomaly_index'][m.target]:.2f}."
-        for m, v, rev, tl1, top in inf if not (v["backdoored"] and top == m.target))
+        for m, v, rev, tl1, top, _ in inf if not (v["backdoored"] and top == m.target))
     body = f"""## Neural Cleanse detection over the MNIST model population (issue 3)
 
 {len(inf)} BadNets-infected and {len(cln)} clean MNIST models (`benchmarks/population.py`: badnets-cnn,
 {EPOCHS} epoch(s) on the full 60,000-image training split (2 more per retry, see attempts), poisoning rate 10%; every clean model has test CA
 >= 98%, every infected one test ASR >= 90%, see the CA / ASR columns). Neural Cleanse with the library
-defaults (`NeuralCleanse()`, what `backdoorlab scan MODEL --seed 0` runs): batched over the 10 labels,
-official lambda schedule and early stopping, on a clean set of 3,000 training images (the scan's 5%
+defaults (`NeuralCleanse()`, what `backdoorlab scan MODEL --seed 0` runs): batched over the 10 labels
+x {NeuralCleanse().restarts} random starts each (smallest successful mask kept per label; start 0 is the official single start, with
+the same random draws), official lambda schedule and early stopping, on a clean set of 3,000 training images (the scan's 5%
 default). No setting was tuned on this population. Other developers' jobs shared the 2 CPU cores
-(load average at the end: {load_avg()}, 15-25 during the run), so seconds are upper bounds; one thread
-per scan, up to six scans at once. Building notes (`benchmarks/population.py`): single pixels sit 3 px in
+(load average at the end: {load_avg()}, 15-21 during the run), so seconds are upper bounds; one thread
+per scan, three to four scans at once. Building notes (`benchmarks/population.py`): single pixels sit 3 px in
 from the corner (1 px in, the BadNets default, did not implant in one epoch: ASR 1.0%); patch3-center-t7
 failed the bar at 1 epoch (CA 97.63%, ASR 79.9%) and passed on its retry (3 epochs, seed 1107).
 
@@ -105,6 +130,7 @@ failed the bar at 1 epoch (CA 97.63%, ASR 79.9%) and passed on its retry (3 epoc
 | AUROC of the max anomaly index (infected vs clean) | {au:.3f} |
 | reversed / true trigger L1 at the true target (median over infected; over patch triggers) | {float(ratios.median()):.2f}; {float(torch.tensor([r[2] / r[3] for r in patch]).median()):.2f} |
 | mean scan time | {sum(secs) / len(secs):.0f} s |
+| start 0 alone (the official single-start optimiser, same run): detection rate; false positives | {one_correct}/{one_inf}; {one_fps}/{len(ones) - one_inf} |
 
 Acceptance (every infected model flagged with the correct target; at most 1 clean model flagged):
 **{"met" if accept else "not met"}** - missed or wrong target: {", ".join(missed) or "none"}; clean flagged:
@@ -112,8 +138,20 @@ Acceptance (every infected model flagged with the correct target; at most 1 clea
 
 {notes}
 
+Why the single start missed patch3-center-t7 (measured on commit 0a9a823 with the library's `NeuralCleanse` on
+this scan's 3,000-image clean set, one thread; not tuned on, only diagnosed): the planted 3x3 white centre
+square itself sends only 91.5% of the set's other-class images to 7 (test set 90.6%; class 3: 72.0%, class 8:
+81.6%), below the 0.99 success threshold, yet Neural Cleanse started from 16 other random draws for label 7
+alone (`NeuralCleanse(labels=(7,))`, generator seeds 0-15) finds masks of L1 8.6-12.3 that reach it (their
+success on 2,000 clean images: 97.3-98.9%; the pattern is optimised, not the white square). The scan's own
+start for label 7 (the `--seed 0` draw) instead settles in a large natural "7" trigger: L1 66.7; 200 epochs
+without early stopping leave its best at 67.9, and success threshold 0.9 ends it at 51.5 (other labels not
+re-run at 0.9). So the miss is a local minimum of the one start, not the weak backdoor nor the threshold; the
+library now runs two starts per label in the same batched forward (start 0 = the old single start, column
+"start 0 alone").
+
 {md_table(["model", "trigger", "target", "CA %", "ASR %", "attempts", "flagged", "suspects", "anomaly index",
-           "reversed L1 (target)", "true L1", "min / median L1", "s"], rows)}
+           "start 0 alone: suspects (index)", "reversed L1 (target)", "true L1", "min / median L1", "s"], rows)}
 
 "True L1" is the trigger mask's L1 (pixels); for a blend trigger it is alpha x 784, the L1 of the
 equivalent full-image mask. Paper (Wang et al., S&P 2019): every infected model has anomaly index
