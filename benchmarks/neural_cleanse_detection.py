@@ -10,7 +10,7 @@ Neural Cleanse runs with the library defaults, exactly what ``backdoorlab scan M
 Reports the detection rate (flagged with the correct target), false positives, target-label
 accuracy, AUROC of the max anomaly index, and the reversed vs true trigger L1.
 
-    OMP_NUM_THREADS=1 python benchmarks/neural_cleanse_detection.py [--shard 0/2] [--no-write]
+    OMP_NUM_THREADS=1 python benchmarks/neural_cleanse_detection.py [--shard 0/2] [--no-write] [--cached-only]
 """
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shard", default="0/1", help="I/N: scan members i with i %% N == I (no report unless 0/1)")
     ap.add_argument("--no-write", action="store_true", help="print the table, do not write the results file")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="report only the members already scanned (a partial population is said so), scan none")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     shard = tuple(int(v) for v in a.shard.split("/"))
@@ -65,7 +67,9 @@ def main() -> None:
     members = population(shard=shard, train_missing=False)
     rows, recs = [], []
     for m in members:
-        v = cached_verdict(m, "neural-cleanse", train)
+        v = cached_verdict(m, "neural-cleanse", train, run=not a.cached_only)
+        if v is None and a.cached_only:
+            continue
         if v is None:
             shard = None     # another process is scanning it: no report from this one
             continue
@@ -95,7 +99,8 @@ def main() -> None:
     secs = [r[1]["seconds"] for r in recs]
     missed = [r[0].name for r in inf if not (r[1]["backdoored"] and r[4] == r[0].target)]
     flagged_clean = [r[0].name for r in cln if r[1]["backdoored"]]
-    accept = correct == len(inf) and fps <= 1
+    partial = len(recs) < len(members)
+    accept = correct == len(inf) and fps <= 1 and not partial
     ones = [r for r in recs if r[5] is not None]
     one_correct = sum(bool(r[5]["suspects"]) and r[5]["suspects"][0] == r[0].target for r in ones if r[0].infected)
     one_fps = sum(bool(r[5]["suspects"]) for r in ones if not r[0].infected)
@@ -131,6 +136,10 @@ failed the bar at 1 epoch (CA 97.63%, ASR 79.9%) and passed on its retry (3 epoc
 | reversed / true trigger L1 at the true target (median over infected; over patch triggers) | {float(ratios.median()):.2f}; {float(torch.tensor([r[2] / r[3] for r in patch]).median()):.2f} |
 | mean scan time | {sum(secs) / len(secs):.0f} s |
 | start 0 alone (the official single-start optimiser, same run): detection rate; false positives | {one_correct}/{one_inf}; {one_fps}/{len(ones) - one_inf} |
+
+{f"**Partial population: {len(recs)} of {len(members)} members scanned with this detector source** (the others "
+   "were still queued when this file was written); every count in this file is over the scanned members only."
+   if partial else ""}
 
 Acceptance (every infected model flagged with the correct target; at most 1 clean model flagged):
 **{"met" if accept else "not met"}** - missed or wrong target: {", ".join(missed) or "none"}; clean flagged:
