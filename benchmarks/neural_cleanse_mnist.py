@@ -231,7 +231,7 @@ def speed_section(NeuralCleanse, model, clean, info, a, fpi, peak, nc, full) -> 
                    f"it could not exceed 10 x {n1 + o1:.2f} / {n10:.2f} = {10 * (n1 + o1) / n10:.2f}x.")
     colnames = ["op category (ms per step)"] + [f"{'bf16' if b else 'fp32'}, {'batched' if m else 'one label'}"
                                                 for b, m in cols]
-    return f"""### Speed (same run; {nc.batch_size} images per label and start per step, 10 labels, {torch.get_num_threads()} threads)
+    return f"""### Speed (same run; {nc.batch_size} images per label and start per step, 10 labels, torch threads: {torch.get_num_threads()})
 
 FLOPs per Neural Cleanse image pass (forward + input gradient, counted with torch's FlopCounterMode):
 {fpi / 1e6:.2f} MFLOP. Float32 sgemm peak measured in this run: {peak:.0f} GFLOP/s. Equal budget: both modes
@@ -244,11 +244,12 @@ counts OpenMP workers' spin-waiting.
 
 {md_table(head, rows)}
 
-{chr(10).join(ratio_lines)}
+Target: ≥ 3x.
 
-(target ≥ 3x). Recovered masks of the two modes agree within 1e-3 (float32 / bf16): {agree_line} (the labels'
-problems are independent, but batched kernels sum
-in another order and the optimisation amplifies float rounding). {bf_line}
+{chr(10).join("- " + r for r in ratio_lines)}
+
+Recovered masks of the two modes agree within 1e-3 (float32 / bf16): {agree_line} (the labels' problems
+are independent, but batched kernels sum in another order and the optimisation amplifies float rounding). {bf_line}
 
 Where a step's time goes ({a.restarts[0]} start(s) per label; torch.profiler self CPU time over {a.profile_epochs} epochs per label, ms per
 optimisation step; the profiler's own per-op cost inflates the small ops, so these sums exceed the
