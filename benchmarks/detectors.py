@@ -11,7 +11,7 @@ data ``backdoorlab scan --seed 0`` would give it:
   * DF-TND: NO data (``--no-data``; random-noise inputs),
 and ``Combined`` (rule in ``defenses/detect/combined.py``) over the three verdicts.  No threshold is
 chosen on this population: NC and DL-TND use the papers' rules (MAD index 2; the official code's
-T = 0.75 on the 0.25-quantile cosine); DF-TND uses whatever its module defines (see df_tnd.py).
+λ bisection and T = 0.75 on the 0.25-quantile cosine); DF-TND uses whatever its module defines (see df_tnd.py).
 
 Verdicts are cached per model in ``runs/population/NAME.verdicts.json`` (DL-TND / DF-TND keyed by
 their source file's hash), so an interrupted run resumes and a changed detector is re-run.
@@ -98,8 +98,8 @@ def _failures(inf, cln, t_cal, calib) -> str:
             e = v["evidence"]
             lines.append(f"- DL-TND misses {r['name']}: at the true target s = {e['similarity'][r['target']]:.3f}, "
                          f"its universal perturbation sends {100 * e['universal_success'][r['target']]:.0f}% of the "
-                         f"other images there (mask L1 {e['mask_l1'][r['target']]:.1f}): the fixed-lambda universal "
-                         "problem did not find the trigger, so per-image and universal logits disagree.")
+                         f"other images there (mask L1 {e['mask_l1'][r['target']]:.1f}), so per-image and "
+                         "universal logits disagree.")
     for r in cln:
         v = r["raw"].get("dl-tnd")
         if v is not None and v["backdoored"]:
@@ -107,10 +107,11 @@ def _failures(inf, cln, t_cal, calib) -> str:
             lines.append(f"- DL-TND flags clean {r['name']} at label {k}: s = {e['similarity'][k]:.3f} with a universal "
                          f"perturbation that reaches {100 * e['universal_success'][k]:.0f}% of the other images.")
     if calib:
-        lines.append(f"- The {len(calib)} clean calibration models scored at most {t_cal:.3f}, below the official T = 0.75, "
-                     "while the evaluation's clean models reach "
-                     f"{max(r['raw']['dl-tnd']['score'] for r in cln):.3f}: clean DL-TND scores spread wider than four "
-                     "models show, so calibrating T on them does not remove the false positives.")
+        top = max(r["raw"]["dl-tnd"]["score"] for r in cln)
+        lines.append(f"- The {len(calib)} clean calibration models scored at most {t_cal:.3f} "
+                     f"({'below' if t_cal < 0.75 else 'above'} the official T = 0.75), the evaluation's clean models "
+                     f"at most {top:.3f}" + (": clean DL-TND scores spread wider than the calibration models show."
+                                              if top > t_cal else "."))
     for r in inf + cln:     # DF-TND: per-label margins s_k read in each label's own maximisation
         v = r["raw"].get("df-tnd")
         if v is None or v["backdoored"] == r["infected"] or "margin" not in (v["evidence"] or {}):

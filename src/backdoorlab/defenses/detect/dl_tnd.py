@@ -1,5 +1,6 @@
 """DL-TND: the data-limited TrojanNet detector (Wang, Zhang, Liu, Chen, Xiong, Wang, ECCV 2020,
-"Practical detection of trojan neural networks: data-limited and data-free cases"; seed 003).
+"Practical detection of trojan neural networks: data-limited and data-free cases"; seed 003;
+official code github.com/wangren09/TrojanNetDetector, ``DLTND/``).
 
 Threat model: the defender holds the model's weights and about one clean image per class, and asks
 whether some label k is a Trojan target, i.e. whether one small input-agnostic perturbation sends
@@ -10,28 +11,50 @@ With x̂(m, δ) = (1 - m) * x + m * δ, {δ, m} in C = {0 <= m <= 1, 0 <= δ <= 
     (3) universal:  min_{m,δ}  ℓ_atk(x̂(m,δ); D_{k-}) + ℓ̄_atk(x̂(m,δ); D_k) + λ ||m||_1
         ℓ_atk  = Σ_{x_i in D_{k-}} max{ f_{y_i}(x̂_i) - max_{j != y_i} f_j(x̂_i), -τ }   (leave y_i)
         ℓ̄_atk = Σ_{x_i in D_k}   max{ max_{j != k} f_j(x̂_i) - f_k(x̂_i),     -τ }   (stay at k)
-    (4) per-image:  min_{m_i,δ_i}  max{ max_{j != k} f_j(x̂_i) - f_k(x̂_i), -τ } + λ ||m_i||_1
+    (4) per-image:  min_{m_i,δ_i}  max{ max_{j != k} f_j(x̂_i) - f_k(x̂_i), -τ } + λ' ||m_i||_1
                     for every x_i in D_{k-}                                          (go to k)
-    (5) similarity: s_k = quantile_q { cos( f(x̂_i(m, δ)), f(x̂_i(m_i, δ_i)) ) : x_i in D_{k-} }
-        label k is a Trojan target when s_k > T; the model is a TrojanNet when some s_k > T.
+    (5) similarity: cos_i = cos( f(x̂_i(m, δ)), f(x̂_i(m_i, δ_i)) ),  x_i in D_{k-}  (logits)
 
 D_k are the clean images of class k, D_{k-} the others; f are the logits (pre-softmax).  For a
 TrojanNet the universal evasion that keeps class k intact *is* the trigger, so per-image and
-universal perturbations land on the same logits (s_k near 1); for a clean label they do not.
+universal perturbations land on the same logits; for a clean label they do not.
+
+Solver and rule, as in the official code (``UniversalPerturb.py``, ``PerImgPerturb.py``,
+``main_dltnd.ipynb``):
+- Both problems are solved by proximal Adam on (m, δ): an Adam step on the hinge losses, then the
+  ℓ1 proximal step m <- clip(m - lr / c, 0, 1) (c = 1/λ in units of the step size), δ clipped to
+  [0, 1]; m starts at 0; ``steps`` = 101 iterations a round; τ = 15.
+- λ of (3) is found per label by the official 8-step bisection on c in [0.01, 6] (start 0.01):
+  a round *succeeds* when at some iteration more than 70% of all the images have a non-positive
+  hinge term (D_{k-} images off their label, D_k images at k); success halves c towards the lower
+  bound, failure moves it up towards 6; every round restarts from m = 0.  The universal
+  perturbation of label k is the one of the successful round with the smallest ||m||_1 (round 0,
+  where the proximal step keeps m = 0, if no round succeeded).
+- (4) is one round (the official ``binary_search_steps = 1``) with step size 0.1 and c = 1: the
+  proximal threshold equals the step size, so a pixel's mask grows only while its gradient keeps
+  growing (Adam's step then exceeds its step size).
+- Score: s_k = the 0.25-quantile of cos_i over D_{k-}, where the universal logits are those of the
+  smallest-area successful round - or of another recorded round whose ||m||_1 is below 1.1 x the
+  smallest area over all labels, when its 0.25-quantile beats the best round's median (the
+  official "revisit" pass).  Label k is a Trojan target when s_k > T = 0.75 (the official preset);
+  the model is a TrojanNet when some s_k > T.
 
 Deviations:
-- All K universal problems and all K x |D_{k-}| per-image problems are solved in one batched
-  optimisation (one forward over 2 x labels x images per step) instead of one TensorFlow graph per
-  label; labels are chunked by ``label_batch`` to bound memory.
-- C is enforced by the tanh reparametrisation m = (tanh a + 1)/2, δ = (tanh b + 1)/2 with Adam, as
-  in Neural Cleanse's official code, instead of the official DL-TND proximal soft-thresholding; and
-  λ is fixed (``lam``) instead of the official 8-step binary search on the constant with a 70%
-  success criterion: the hinge floor -τ makes the fixed-λ problem stop growing the mask once the
-  margin τ is reached, which is what the binary search was tuning.
+- ``samples_per_class`` = 1 (the issue's data-limited setting); the official notebook draws 5
+  images per class.
+- All labels' universal problems and all per-image problems are solved in one batched
+  optimisation (one forward over labels x images per step; per-label constants c) instead of one
+  TensorFlow graph per label; labels are chunked by ``label_batch`` to bound memory.
+- m and δ take their Adam steps from one gradient per iteration (the official code alternates: a
+  step on m, the proximal step, a new forward, a step on δ): half the forwards.
+- δ lives in [0, 1] and starts at 0.5.  The official code keeps δ on the 0-255 pixel scale
+  (started at 1, moved by Adam steps of 0.01 / 0.1 per iteration), so its δ barely leaves 1/255 and
+  its perturbations only darken pixels; C of the paper is {0 <= δ <= 1} on the model's input
+  scale, which is what is optimised here.
 - The mask is one channel (1, H, W), shared by all colour channels, so the recovered universal
   perturbation is a ``PatchTrigger`` like Neural Cleanse's; the official code masks per channel.
-- q = 0.25 and T = 0.75 are the official code's quantile and preset threshold (its extra pass that
-  revisits smaller-area λ rounds is dropped, since there is one λ).
+- The official selection loop has a quirk (a round's area becomes the running best only if > 0.5);
+  here the best round is simply the smallest-area successful one.
 """
 from __future__ import annotations
 
@@ -52,9 +75,10 @@ class DLTNDEvidence:
 
     similarity: torch.Tensor        # (K,) s_k: the q-quantile of the cosine similarities (eq. 5)
     cosines: tuple[torch.Tensor, ...]  # per label: cos(universal logits, per-image logits), x_i in D_{k-}
-    triggers: tuple[PatchTrigger, ...]  # per label: the universal perturbation (m, δ) of eq. 3
-    mask_l1: torch.Tensor           # (K,) ||m||_1 of each universal perturbation
-    universal_success: torch.Tensor  # (K,) fraction of D_{k-} the universal perturbation sends to k
+    triggers: tuple[PatchTrigger, ...]  # per label: the selected universal perturbation (m, δ) of eq. 3
+    mask_l1: torch.Tensor           # (K,) ||m||_1 of the selected universal perturbation (inf: none succeeded)
+    const: torch.Tensor             # (K,) c = 1/λ (step-size units) of the selected round (nan: none)
+    universal_success: torch.Tensor  # (K,) fraction of D_{k-} the selected universal perturbation sends to k
     per_image_success: torch.Tensor  # (K,) fraction of per-image perturbations that reach k
     samples: int                    # clean images used
 
@@ -70,21 +94,30 @@ class DLTNDEvidence:
 
     def to_json(self) -> dict:
         return {"labels": list(self.labels), "similarity": self.similarity.tolist(),
-                "mask_l1": self.mask_l1.tolist(), "universal_success": self.universal_success.tolist(),
+                "mask_l1": self.mask_l1.tolist(), "const": self.const.tolist(),
+                "universal_success": self.universal_success.tolist(),
                 "per_image_success": self.per_image_success.tolist(), "samples": self.samples}
 
 
 @dataclass(frozen=True, kw_only=True)
 class DLTND(Detector):
-    """Data-limited TrojanNet detector (ECCV 2020, section 4).  Fields name the paper's symbols."""
+    """Data-limited TrojanNet detector (ECCV 2020, section 4).  Fields name the paper's symbols and
+    the official code's constants."""
 
     samples_per_class: int | None = 1   # images per class taken from ``clean`` (None = all)
-    steps: int = 200                    # optimisation steps for eqs. 3 and 4 (solved jointly)
-    lr: float = 0.1                     # Adam step size on the tanh parameters
-    lam: float = 0.1                    # λ: weight of ||m||_1 (pixels) against the hinge losses
-    tau: float = 5.0                    # τ: hinge floor (confidence margin in logits)
-    quantile: float = 0.25              # q of eq. 5
-    threshold: float = 0.75             # T of eq. 5
+    steps: int = 101                    # iterations per λ round (official MAX_ITERATIONS)
+    search_steps: int = 8               # λ bisection rounds of the universal problem (official 8)
+    lr: float = 0.01                    # Adam step size, universal problem (official 1e-2)
+    init_const: float = 0.01            # first c = 1/λ of the bisection (official INITIAL_CONST)
+    max_const: float = 6.0              # upper end of the bisection on c (official ``upper``)
+    success: float = 0.7                # a round succeeds when > this fraction of hinge terms are <= 0
+    per_image_lr: float = 0.1           # Adam step size, per-image problems (official 0.1)
+    per_image_const: float = 1.0        # c of the per-image problems (official 1: threshold lr / c)
+    tau: float = 15.0                   # τ: hinge floor in logits (official 15)
+    quantile: float = 0.25              # q of the detection rule
+    best_quantile: float = 0.5          # aggregate of the best round that a revisited round must beat
+    area_slack: float = 1.1             # revisit rounds with ||m||_1 below this x the smallest area
+    threshold: float = 0.75             # T (official preset)
     label_batch: int = 16               # labels optimised together (memory bound)
 
     def __post_init__(self) -> None:
@@ -92,10 +125,19 @@ class DLTND(Detector):
         if self.samples_per_class is not None:
             positive(name, "samples_per_class", self.samples_per_class, integer=True)
         positive(name, "steps", self.steps, integer=True)
+        positive(name, "search_steps", self.search_steps, integer=True)
         positive(name, "lr", self.lr)
-        positive(name, "lam", self.lam, allow_zero=True)
+        positive(name, "init_const", self.init_const)
+        positive(name, "max_const", self.max_const)
+        if not self.max_const > self.init_const:
+            raise ValueError(f"{name}.max_const must be > init_const ({self.init_const}); got {self.max_const!r}.")
+        in_range(name, "success", self.success, 0.0, 1.0)
+        positive(name, "per_image_lr", self.per_image_lr)
+        positive(name, "per_image_const", self.per_image_const)
         positive(name, "tau", self.tau, allow_zero=True)
         in_range(name, "quantile", self.quantile, 0.0, 1.0)
+        in_range(name, "best_quantile", self.best_quantile, 0.0, 1.0)
+        positive(name, "area_slack", self.area_slack)
         in_range(name, "threshold", self.threshold, -1.0, 1.0)
         positive(name, "label_batch", self.label_batch, integer=True)
 
@@ -106,25 +148,27 @@ class DLTND(Detector):
         K = int(getattr(model, "num_classes", int(y.max()) + 1))
         dev = device_of(model)
         x, y = x.to(dev), y.to(dev)
-        g = new_generator(generator_seed(generator))
         chunks = [list(range(s, min(K, s + self.label_batch))) for s in range(0, K, self.label_batch)]
-        total = self.steps * len(chunks)
+        per_chunk = self.steps * (self.search_steps + 1)
+        total = per_chunk * len(chunks)
         parts = []
         with eval_mode(model), frozen(model):
             for c, labels in enumerate(chunks):
                 def step_cb(i: int, c: int = c) -> None:
                     if progress is not None:
-                        progress(c * self.steps + i, total)
-                parts.append(self._solve_labels(model, x, y, torch.tensor(labels, device=dev), g, step_cb))
-        cos = [row for p in parts for row in p["cos"]]
-        sim = torch.stack([self._quantile(c) for c in cos])
+                        progress(c * per_chunk + i, total)
+                parts.append(self._solve_labels(model, x, y, torch.tensor(labels, device=dev), step_cb))
+        rounds = [r for p in parts for r in p["rounds"]]         # per label: [(area, cos over D_{k-})]
+        best = [b for p in parts for b in p["best"]]              # per label: index into its rounds or None
+        sim, cos = self._scores(rounds, best)
         m = torch.cat([p["m"] for p in parts]).cpu()
         d = torch.cat([p["d"] for p in parts]).cpu()
         flagged = [int(k) for k in torch.argsort(sim, descending=True) if sim[k] > self.threshold]
         evidence = DLTNDEvidence(
             similarity=sim, cosines=tuple(cos),
             triggers=tuple(PatchTrigger(mask=m[k], pattern=d[k]) for k in range(K)),
-            mask_l1=m.flatten(1).sum(1), universal_success=torch.cat([p["u_succ"] for p in parts]),
+            mask_l1=torch.cat([p["area"] for p in parts]), const=torch.cat([p["const"] for p in parts]),
+            universal_success=torch.cat([p["u_succ"] for p in parts]),
             per_image_success=torch.cat([p["p_succ"] for p in parts]), samples=len(y))
         return Verdict(backdoored=bool(flagged), score=float(sim.max()), threshold=float(self.threshold),
                        suspects=tuple(flagged), evidence=evidence)
@@ -152,54 +196,117 @@ class DLTND(Detector):
             raise ValueError(f"DLTND clean samples must cover at least 2 classes; got {len(torch.unique(y))}.")
         return x, y
 
-    def _solve_labels(self, model, x, y, labels, g, step_cb):
-        """Eqs. 3 and 4 for the labels in ``labels``, in one batched optimisation."""
+    def _solve_labels(self, model, x, y, labels, step_cb):
+        """Eq. 3 with the λ bisection, and eq. 4, for the labels in ``labels`` (batched)."""
         L, (N, C, H, W) = len(labels), x.shape
-        dev = x.device
         other = y[None, :] != labels[:, None]                       # (L, N): x_i in D_{k-}
-        # universal (L, 1|C, H, W) and per-image (L, N, 1|C, H, W) tanh parameters
-        a_u = (torch.rand(L, 1, H, W, generator=g) * 0.2 - 2.0).to(dev).requires_grad_(True)
-        b_u = (torch.rand(L, C, H, W, generator=g) * 2 - 1).to(dev).requires_grad_(True)
-        a_p = (torch.rand(L, N, 1, H, W, generator=g) * 0.2 - 2.0).to(dev).requires_grad_(True)
-        b_p = (torch.rand(L, N, C, H, W, generator=g) * 2 - 1).to(dev).requires_grad_(True)
-        opt = torch.optim.Adam([a_u, b_u, a_p, b_p], lr=self.lr, betas=(0.5, 0.9))
         target = labels[:, None].expand(L, N)
-        for i in range(self.steps):
-            logits_u, logits_p, m_u, m_p = self._forward(model, x, a_u, b_u, a_p, b_p)
-            leave = _margin(logits_u, y[None, :].expand(L, N))         # f_y - max_{j!=y} f_j
-            stay = -_margin(logits_u, target)                          # max_{j!=k} f_j - f_k
-            loss_u = torch.where(other, leave, stay).clamp_min(-self.tau).mean(1)
-            loss_p = (-_margin(logits_p, target)).clamp_min(-self.tau) * other
-            loss = (loss_u + self.lam * m_u.flatten(1).sum(1)).sum() + \
-                   (loss_p.sum(1) + self.lam * (m_p.flatten(2).sum(2) * other).sum(1)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step_cb(i + 1)
+        n_other = other.sum(1).clamp_min(1)
+
+        # ---- eq. 4: per-image perturbations towards k, one round, fixed c --------------------
+        def per_image_hinge(logits):
+            return (-_margin(logits, target)).clamp_min(-self.tau) * other
+
+        c_p = torch.full((L, N), float(self.per_image_const), device=x.device)
+        p = _proximal_round(model, x[None].expand(L, N, C, H, W), (L, N), self.per_image_lr, c_p, self.steps,
+                            lambda lg: per_image_hinge(lg).sum(), None,
+                            step_cb)
+        logits_p = p["logits"]                                      # (L, N, K)
+
+        # ---- eq. 3: universal perturbation, bisection on c per label --------------------------
+        def universal_hinge(logits):                               # (L, N) hinge terms
+            leave = _margin(logits, y[None, :].expand(L, N))          # f_y - max_{j!=y} f_j
+            stay = -_margin(logits, target)                           # max_{j!=k} f_j - f_k
+            return torch.where(other, leave, stay).clamp_min(-self.tau)
+
+        def succeeded(logits):                                     # (L,) > success x N terms <= 0
+            return (universal_hinge(logits) <= 0).sum(1) > self.success * N
+
+        const = torch.full((L,), float(self.init_const), device=x.device)
+        lower = torch.zeros(L, device=x.device)
+        upper = torch.full((L,), float(self.max_const), device=x.device)
+        ok_prev = torch.zeros(L, dtype=torch.bool, device=x.device)
+        rounds = [[] for _ in range(L)]                            # per label: (area, cos, m, d, const, u_succ)
+        for r in range(self.search_steps):
+            if r > 0:                                               # official bisection update
+                const_new = torch.where(ok_prev, (const + lower) / 2, (const + upper) / 2)
+                upper = torch.where(ok_prev, const, upper)
+                lower = torch.where(ok_prev, lower, const)
+                const = const_new
+            u = _proximal_round(model, x[None], (L, 1), self.lr, const[:, None], self.steps,
+                                lambda lg: universal_hinge(lg).sum(), succeeded,
+                                lambda i, r=r: step_cb((r + 1) * self.steps + i))
+            ok_prev = u["success"]
+            with torch.no_grad():
+                cos = torch.nn.functional.cosine_similarity(u["logits"], logits_p, dim=-1)   # (L, N)
+                hit = ((u["logits"].argmax(-1) == target) & other).sum(1) / n_other
+            area = u["m"].flatten(1).sum(1)
+            for j in range(L):
+                if r == 0 or bool(ok_prev[j]):                      # official: round 0 and successes
+                    rounds[j].append((float(area[j]), cos[j][other[j]].cpu(), u["m"][j, 0].cpu(),
+                                      u["d"][j, 0].cpu(), float(const[j]), float(hit[j]), bool(ok_prev[j])))
+        best = []
+        for j in range(L):
+            ok = [i for i, rd in enumerate(rounds[j]) if rd[6]]
+            best.append(min(ok, key=lambda i: rounds[j][i][0]) if ok else None)
+        sel = [rounds[j][best[j] if best[j] is not None else 0] for j in range(L)]
         with torch.no_grad():
-            logits_u, logits_p, m_u, _ = self._forward(model, x, a_u, b_u, a_p, b_p)
-            cos = torch.nn.functional.cosine_similarity(logits_u, logits_p, dim=-1)  # (L, N)
-            hit_u = (logits_u.argmax(-1) == target) & other
-            hit_p = (logits_p.argmax(-1) == target) & other
-            n_other = other.sum(1).clamp_min(1)
-            return {"cos": [cos[j][other[j]].cpu() for j in range(L)], "m": m_u.detach(),
-                    "d": ((torch.tanh(b_u) + 1) / 2).detach(),
-                    "u_succ": (hit_u.sum(1) / n_other).cpu(), "p_succ": (hit_p.sum(1) / n_other).cpu()}
+            p_hit = ((logits_p.argmax(-1) == target) & other).sum(1) / n_other
+        return {"rounds": [[(rd[0], rd[1]) for rd in rs] for rs in rounds], "best": best,
+                "m": torch.stack([s[2] for s in sel]), "d": torch.stack([s[3] for s in sel]),
+                "area": torch.tensor([s[0] if b is not None else float("inf") for s, b in zip(sel, best)]),
+                "const": torch.tensor([s[4] if b is not None else float("nan") for s, b in zip(sel, best)]),
+                "u_succ": torch.tensor([s[5] for s in sel]), "p_succ": p_hit.cpu()}
 
-    @staticmethod
-    def _forward(model, x, a_u, b_u, a_p, b_p):
-        L, N = a_p.shape[:2]
-        m_u, d_u = (torch.tanh(a_u) + 1) / 2, (torch.tanh(b_u) + 1) / 2
-        m_p, d_p = (torch.tanh(a_p) + 1) / 2, (torch.tanh(b_p) + 1) / 2
-        x_u = (1 - m_u[:, None]) * x[None] + m_u[:, None] * d_u[:, None]      # (L, N, C, H, W)
-        x_p = (1 - m_p) * x[None] + m_p * d_p
-        out = model(torch.cat([x_u, x_p]).flatten(0, 1)).view(2, L, N, -1)
-        return out[0], out[1], m_u, m_p
+    def _scores(self, rounds, best):
+        """s_k: the best round's q-quantile, or a revisited small-area round's (official notebook)."""
+        best_area = min((rounds[k][b][0] for k, b in enumerate(best) if b is not None), default=float("inf"))
+        sims, chosen = [], []
+        for k, rs in enumerate(rounds):
+            cos = rs[best[k] if best[k] is not None else 0][1]
+            bar = self._quantile(cos, self.best_quantile)
+            for area, c in rs:
+                if area < self.area_slack * best_area and self._quantile(c, self.quantile) > bar:
+                    cos = c
+            chosen.append(cos)
+            sims.append(self._quantile(cos, self.quantile))
+        return torch.stack(sims), chosen
 
-    def _quantile(self, values: torch.Tensor) -> torch.Tensor:
+    def _quantile(self, values: torch.Tensor, q: float | None = None) -> torch.Tensor:
         if values.numel() == 0:
             return torch.tensor(float("nan"))
-        return torch.quantile(values.double(), self.quantile).float()
+        return torch.quantile(values.double(), self.quantile if q is None else q).float()
+
+
+def _proximal_round(model, x, shape, lr, const, steps, loss_fn, success_fn, step_cb):
+    """One round of the official solver: masks m (shape + (1, H, W)) and patterns δ (shape + (C, H, W))
+    start at 0 and 0.5; each iteration takes an Adam step on ``loss_fn`` for both, then the ℓ1
+    proximal step m <- clip(m - lr / const, 0, 1) and δ <- clip(δ, 0, 1).  ``x`` broadcasts against
+    ``shape + (C, H, W)``; ``const`` against ``shape``.  Returns the final m, δ and logits (of the
+    last forward, as the official code), and ``success``: whether ``success_fn`` held at some step."""
+    C, H, W = x.shape[-3:]
+    dev = x.device
+    m = torch.zeros(*shape, 1, H, W, device=dev, requires_grad=True)
+    d = torch.full((*shape, C, H, W), 0.5, device=dev, requires_grad=True)
+    thr = (lr / const).reshape(*const.shape, 1, 1, 1)
+    opt = torch.optim.Adam([m, d], lr=lr)
+    ok = None
+    for i in range(steps):
+        x_hat = (1 - m) * x + m * d
+        lead = x_hat.shape[:-3]
+        logits = model(x_hat.reshape(-1, C, H, W)).view(*lead, -1)
+        loss = loss_fn(logits)
+        if success_fn is not None:
+            s = success_fn(logits.detach())
+            ok = s if ok is None else ok | s
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            m.sub_(thr).clamp_(0.0, 1.0)
+            d.clamp_(0.0, 1.0)
+        step_cb(i + 1)
+    return {"m": m.detach(), "d": d.detach(), "logits": logits.detach(), "success": ok}
 
 
 def _margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
