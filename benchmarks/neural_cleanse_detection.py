@@ -32,21 +32,30 @@ def true_l1(goal) -> float:
     return float(trig.alpha) * trig.pattern.shape[-2] * trig.pattern.shape[-1]   # blend: alpha over the image
 
 
-def single_start(ev, threshold: float = 2.0):
+def mad_verdict(norms, labels, *, lower_median: bool = False, threshold: float = 2.0) -> dict:
+    """Neural Cleanse's MAD rule over per-label L1 norms: numpy medians (the library's, as the official
+    code) or, with ``lower_median``, torch's lower middle value (the library's rule before this run)."""
+    from backdoorlab._stats import MAD_CONSISTENCY, median
+
+    n = torch.as_tensor(norms, dtype=torch.float64)
+    med_of = (lambda v: v.median()) if lower_median else median
+    med = med_of(n)
+    mad = med_of((n - med).abs()) * MAD_CONSISTENCY
+    idx = (n - med).abs() / mad
+    below = n < med
+    flagged = sorted((i for i in range(len(n)) if below[i] and idx[i] > threshold), key=lambda i: float(n[i]))
+    return {"suspects": [labels[i] for i in flagged], "score": float(idx[below].max()) if bool(below.any()) else 0.0,
+            "l1": n.tolist()}
+
+
+def single_start(ev):
     """The verdict of start 0 alone (= the official single-start optimiser, same draws), recomputed
     from the per-start norms by the same MAD rule; None when a start 0 never reached the threshold
     (its fallback mask's norm is not recorded)."""
-    from backdoorlab._stats import anomaly_index
-
     starts = ev.get("start_l1_norms") or []
     if not starts or any(v[0] is None for v in starts):
         return None
-    n = torch.tensor([v[0] for v in starts], dtype=torch.float64)
-    idx, med = anomaly_index(n), n.median()
-    flagged = sorted((i for i in range(len(n)) if n[i] < med and idx[i] > threshold), key=lambda i: float(n[i]))
-    below = n < med
-    return {"suspects": [ev["labels"][i] for i in flagged], "score": float(idx[below].max()) if bool(below.any()) else 0.0,
-            "l1": n.tolist()}
+    return mad_verdict([v[0] for v in starts], ev["labels"])
 
 
 def main() -> None:
@@ -78,11 +87,13 @@ def main() -> None:
         tl1 = true_l1(m.goal) if m.infected else None
         top = v["suspects"][0] if v["suspects"] else None
         one = single_start(ev)
-        recs.append((m, v, rev, tl1, top, one))
+        low = mad_verdict(ev["l1_norms"], ev["labels"], lower_median=True)
+        recs.append((m, v, rev, tl1, top, one, low))
         rows.append([m.name, m.kind, "-" if m.target is None else m.target, f"{100 * m.ca:.2f}",
                      "-" if m.asr is None else f"{100 * m.asr:.2f}", m.attempts, "**yes**" if v["backdoored"] else "no",
                      ",".join(map(str, v["suspects"])) or "-", f"{v['score']:.2f}",
                      "n/a" if one is None else (",".join(map(str, one["suspects"])) or "-") + f" ({one['score']:.2f})",
+                     (",".join(map(str, low["suspects"])) or "-") + f" ({low['score']:.2f})",
                      "-" if rev is None else f"{rev:.1f}", "-" if tl1 is None else f"{tl1:.1f}",
                      f"{min(ev['l1_norms']):.1f} / {ev['median']:.1f}", f"{v['seconds']:.0f}"])
     if shard != (0, 1):
@@ -105,12 +116,14 @@ def main() -> None:
     one_correct = sum(bool(r[5]["suspects"]) and r[5]["suspects"][0] == r[0].target for r in ones if r[0].infected)
     one_fps = sum(bool(r[5]["suspects"]) for r in ones if not r[0].infected)
     one_inf = sum(r[0].infected for r in ones)
+    low_correct = sum(bool(r[6]["suspects"]) and r[6]["suspects"][0] == r[0].target for r in inf)
+    low_fps = sum(bool(r[6]["suspects"]) for r in cln)
     notes = "\n".join(
         f"- {m.name} ({m.kind}, target {m.target}, test ASR {100 * m.asr:.1f}%): "
         + (f"flagged {v['suspects']} instead" if v["backdoored"] else "not flagged")
         + f"; the reversed trigger for the true target has L1 {rev:.1f} (true trigger {tl1:.1f}, median over labels "
         f"{v['evidence']['median']:.1f}), anomaly index {v['evidence']['anomaly_index'][m.target]:.2f}."
-        for m, v, rev, tl1, top, _ in inf if not (v["backdoored"] and top == m.target))
+        for m, v, rev, tl1, top, *_ in inf if not (v["backdoored"] and top == m.target))
     body = f"""## Neural Cleanse detection over the MNIST model population (issue 3)
 
 {len(inf)} BadNets-infected and {len(cln)} clean MNIST models (`benchmarks/population.py`: badnets-cnn,
@@ -136,6 +149,7 @@ failed the bar at 1 epoch (CA 97.63%, ASR 79.9%) and passed on its retry (3 epoc
 | reversed / true trigger L1 at the true target (median over infected; over patch triggers) | {float(ratios.median()):.2f}; {float(torch.tensor([r[2] / r[3] for r in patch]).median()):.2f} |
 | mean scan time | {sum(secs) / len(secs):.0f} s |
 | start 0 alone (the official single-start optimiser, same run): detection rate; false positives | {one_correct}/{one_inf}; {one_fps}/{len(ones) - one_inf} |
+| same norms, torch's lower median (the library's rule before this run): detection rate; false positives | {low_correct}/{len(inf)}; {low_fps}/{len(cln)} |
 
 {f"**Partial population: {len(recs)} of {len(members)} members scanned with this detector source** (the others "
    "were still queued when this file was written); every count in this file is over the scanned members only."
@@ -159,8 +173,17 @@ re-run at 0.9). So the miss is a local minimum of the one start, not the weak ba
 library now runs two starts per label in the same batched forward (start 0 = the old single start, column
 "start 0 alone").
 
+The median of the MAD rule: with two starts the other labels' masks shrank, and pixel-br-t0 (its pixel
+recovered exactly, L1 0.8) fell to anomaly index 1.93 under `torch.median`'s lower middle value — a listed
+deviation from the official code, which takes numpy's mean of the two middle values of the 10 norms. The
+library now uses the official median (`_stats.median`); column "lower median" applies the old rule to the
+same norms. We made this switch after seeing this population, so it is not a blind test; recomputed from
+cached norms before the switch, the official median flagged no clean model of the separate development set
+(`runs/detectors` clean-s0..s3 and the calib-* models; highest index 1.28) and kept one development miss
+(pattern-tr-t3, not flagged either way).
+
 {md_table(["model", "trigger", "target", "CA %", "ASR %", "attempts", "flagged", "suspects", "anomaly index",
-           "start 0 alone: suspects (index)", "reversed L1 (target)", "true L1", "min / median L1", "s"], rows)}
+           "start 0 alone: suspects (index)", "lower median: suspects (index)", "reversed L1 (target)", "true L1", "min / median L1", "s"], rows)}
 
 "True L1" is the trigger mask's L1 (pixels); for a blend trigger it is alpha x 784, the L1 of the
 equivalent full-image mask. Paper (Wang et al., S&P 2019): every infected model has anomaly index

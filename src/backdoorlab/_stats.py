@@ -28,11 +28,22 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     return lo, hi
 
 
+def median(values: torch.Tensor) -> torch.Tensor:
+    """The median as numpy defines it: the mean of the two middle values for an even count
+    (``torch.median`` returns the lower one)."""
+    v = values.double().flatten().sort().values
+    n = len(v)
+    if n == 0:
+        raise ValueError("median of an empty set of values.")
+    return (v[(n - 1) // 2] + v[n // 2]) / 2
+
+
 def anomaly_index(values: torch.Tensor) -> torch.Tensor:
-    """|v - median| / (1.4826 * MAD) per entry (Neural Cleanse's outlier statistic)."""
+    """|v - median| / (1.4826 * MAD) per entry (Neural Cleanse's outlier statistic; numpy medians,
+    as the official code computes them)."""
     v = values.double()
-    med = v.median()
-    mad = (v - med).abs().median() * MAD_CONSISTENCY
+    med = median(v)
+    mad = median((v - med).abs()) * MAD_CONSISTENCY
     if mad == 0:
         mad = torch.tensor(torch.finfo(torch.float64).tiny, dtype=torch.float64)
     return ((v - med).abs() / mad).to(values.dtype if values.is_floating_point() else torch.float64)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from backdoorlab import metrics
-from backdoorlab._stats import anomaly_index, auroc, clopper_pearson, threshold_at_fpr, tpr_at_fpr, wilson_interval
+from backdoorlab._stats import anomaly_index, auroc, median, clopper_pearson, threshold_at_fpr, tpr_at_fpr, wilson_interval
 from backdoorlab.data import ImageDataset
 from backdoorlab.triggers import PatchTrigger
 from backdoorlab.types import InstanceGoal, TriggerGoal
@@ -27,6 +27,16 @@ def test_anomaly_index_hand_computed():
     # median 10, |dev| = [0,1,1,0,8], MAD = 1 -> index = |dev| / 1.4826
     idx = anomaly_index(v)
     assert idx[4] == pytest.approx(8 / 1.4826) and idx[0] == 0
+
+
+def test_anomaly_index_uses_numpy_median_for_even_counts():
+    """Neural Cleanse's official code takes numpy medians: the mean of the two middle values."""
+    v = torch.tensor([1.0, 2.0, 4.0, 10.0])
+    # median 3, |dev| = [2, 1, 1, 7] -> MAD median 1.5; torch.median would give 2 and MAD 1
+    assert median(v) == pytest.approx(3.0)
+    assert anomaly_index(v)[3] == pytest.approx(7 / (1.5 * 1.4826))
+    with pytest.raises(ValueError, match="empty"):
+        median(torch.tensor([]))
 
 
 def test_auroc_with_ties():

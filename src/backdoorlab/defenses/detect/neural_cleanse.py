@@ -37,8 +37,11 @@ Deviations:
     budget moves it out of, hiding a small planted trigger that other starts find.  Start 0 uses the
     official draw order (same generator draws as with one start), further starts are drawn after it,
     so ``restarts=1`` is the single-start optimiser.  The cost per step grows with the starts.
-  * The median is ``torch.median`` (lower middle value for an even number of labels) via
-    ``_stats.anomaly_index``; the official code uses numpy's average of the two middle values.
+  * (Removed deviation.)  The median was ``torch.median`` (the lower middle value for an even
+    number of labels); it is now numpy's mean of the two middle values, as the official code
+    computes it (``_stats.median``).  On the MNIST population with two starts the lower median
+    had dropped pixel-br-t0's index to 1.93 (3.29 with the official median); we switched after
+    seeing that, to match the reference code — both verdicts are in the detection benchmark.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..._stats import anomaly_index
+from ..._stats import MAD_CONSISTENCY, anomaly_index, median
 from ..._torch import device_of, eval_mode, frozen, new_generator, generator_seed
 from ..._validation import check_images, in_range, positive
 from ...data import as_tensors
@@ -173,8 +176,8 @@ class NeuralCleanse(Detector):
         """MAD test over the masks' L1 norms (step 2 of the paper's detection)."""
         norms = torch.stack([m.sum() for m in masks]).double()
         idx = anomaly_index(norms) if len(labels) > 1 else torch.zeros(1, dtype=torch.float64)
-        med = norms.median()
-        mad = float((norms - med).abs().median() * 1.4826)
+        med = median(norms)
+        mad = float(median((norms - med).abs()) * MAD_CONSISTENCY)
         below = norms < med
         flagged = [i for i in range(len(labels)) if below[i] and idx[i] > self.anomaly_threshold]
         flagged.sort(key=lambda i: float(norms[i]))
