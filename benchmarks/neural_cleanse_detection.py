@@ -133,8 +133,8 @@ defaults (`NeuralCleanse()`, what `backdoorlab scan MODEL --seed 0` runs): batch
 x {NeuralCleanse().restarts} random starts each (smallest successful mask kept per label; start 0 is the official single start, with
 the same random draws), official lambda schedule and early stopping, on a clean set of 3,000 training images (the scan's 5%
 default). No setting was tuned on this population. Other developers' jobs shared the 2 CPU cores
-(load average at the end: {load_avg()}, 15-21 during the run), so seconds are upper bounds; one thread
-per scan, three to four scans at once. Building notes (`benchmarks/population.py`): single pixels sit 3 px in
+(load average at the end: {load_avg()}; 2-4 during the scans of 02:12-02:28 UTC, two one-thread scans at once
+beside the test suite), so seconds are upper bounds. Building notes (`benchmarks/population.py`): single pixels sit 3 px in
 from the corner (1 px in, the BadNets default, did not implant in one epoch: ASR 1.0%); patch3-center-t7
 failed the bar at 1 epoch (CA 97.63%, ASR 79.9%) and passed on its retry (3 epochs, seed 1107).
 
