@@ -300,9 +300,9 @@ def timing_text(t: dict) -> str:
             f"{len(nad)} times in one one-thread process (`--timing {len(nad)}`, {t['when']} UTC, code at "
             f"{t['commit']} plus this change, load average at the end {t['load_at_end']}); CPU seconds of "
             f"`repair`:\n\n" + md_table(["", "NAD s", "I-BAU s", "I-BAU / NAD"], rows)
-            + f"\n\nI-BAU was cheaper in {sum(b < a for a, b in zip(nad, ibau))} of {len(nad)} pairs.  Other jobs "
-            "(ours included) shared the 2 cores, and one method's CPU seconds varied by up to 30% between "
-            "its runs here, so single ratios are noisy.")
+            + f"\n\nI-BAU was cheaper in {sum(b < a for a, b in zip(nad, ibau))} of {len(nad)} pairs.  One "
+            f"method's CPU seconds varied by up to {100 * max(max(v) / min(v) - 1 for v in (nad, ibau)):.0f}% "
+            "between its runs here (see the load average), so single ratios are noisy; compare medians.")
 
 
 def draws_table(out: dict, before: dict) -> str:
