@@ -90,22 +90,20 @@ def test_first_bisection_round_keeps_mask_zero_and_prox_shrinks(clean_model, dig
 
 
 def official_consts(init=0.01, upper=6.0, steps=8):
-    """Every c = 1/λ the official UniversalPert.attack loop can visit (all success patterns), and for
-    each pattern the constants of its successful rounds (a literal transcription of its update)."""
+    """Every c = 1/λ at which the paper's bisection can record a success, over all 2^steps
+    success/failure patterns: c starts at ``init``; after a failed round the failed c becomes the
+    lower bound and c moves halfway up to the upper bound; after a success the successful c becomes
+    the upper bound and c moves halfway down to the lower bound (written from the description of
+    the search, as an independent oracle for the library's loop)."""
     out = set()
     for pattern in range(2 ** steps):
-        const, lower, hi, index_const = init, 0.0, upper, -1
-        for outer in range(steps):
-            if index_const == -1 and outer > 0:
-                lower = const
-                const = (const + hi) / 2
-            if index_const == 1:
-                hi = const
-                const = (const + lower) / 2
-                index_const = -1
-            if (pattern >> outer) & 1:
-                index_const = 1
-                out.add(round(const, 6))
+        c, lo, hi = init, 0.0, upper
+        for k in range(steps):
+            if (pattern >> k) & 1:
+                out.add(round(c, 6))
+                hi, c = c, (c + lo) / 2
+            else:
+                lo, c = c, (c + hi) / 2
     return out
 
 
