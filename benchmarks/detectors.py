@@ -31,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import SHARED_DATA, md_table, write_result  # noqa: E402
 from population import EPOCHS, cached_verdict, calibration, population  # noqa: E402
+from backdoorlab.defenses.detect.combined import RULES  # noqa: E402
 
 DETECTOR_NAMES = ("neural-cleanse", "dl-tnd", "df-tnd")
-RULES = ("lead", "agree", "vote", "any", "all")
 
 
 def main(argv=None) -> int:
@@ -166,7 +166,7 @@ def report(records, names, calib=()) -> str:
             ok = det >= 0.8 * len(inf) and fp <= 2
             accept.append(f"- {n}: {det}/{len(inf)} detected, {fp}/{len(cln)} clean flagged -> "
                           f"**{'met' if ok else 'not met'}**")
-    singles = [n for n in names]
+    singles = list(names)
     best = max(singles, key=lambda n: (stats[n][0] - stats[n][1], stats[n][2]))
     cd, cf, ct = stats["combined"]
     bd, bf, bt = stats[best]

@@ -197,7 +197,6 @@ def select(setting: str, method: str, kind: str, amount: float, configs: list[di
 
 I100 = "I-BAU, 100 clean samples (defaults: 30 rounds of one step)"
 # Notes of the last full run (text of benchmarks/results/repair.md that no cell holds).
-RESTART_NOTE_TEXT = ""
 DRAWS_TIMING_NOTE = ("The NAD and I-BAU cells of this run were computed with `--fresh` in two one-thread "
                      "processes running at the same time (`--no-table --draws --methods NAD --fresh`, the same "
                      "with I-BAU), on a CPU shared with other developers' jobs (load "
@@ -457,7 +456,6 @@ images.  Cells cached in `runs/repair/draws-mnist-pattern.json` (recomputed when
         c = table.get(m, {}).get(st)
         return "-" if c is None else f"{c['cpu']:.0f} s"
 
-    i100 = I100
 
     def draw_ok(m: str, what: str) -> str:
         if not draws or m not in draws:
@@ -483,7 +481,6 @@ images.  Cells cached in `runs/repair/draws-mnist-pattern.json` (recomputed when
         timing_line += "."
     else:
         timing_line = "see the table's seconds."
-    RESTART_NOTE = RESTART_NOTE_TEXT
     timing_section = (f"### NAD vs I-BAU CPU time, alternated (`--timing`)\n\n{timing_text(timing)}\n\n"
                       if timing else "")
     body += f"""
@@ -494,7 +491,7 @@ Reading the table (this run):
   Change since the previous run (23:45 UTC): I-BAU's code got faster without changing the method
   (`i_bau.py`, "Implementation and cost": delta's contribution at the first convolution is
   computed once for the batch instead of one input gradient per image; same losses and gradients
-  to float rounding){RESTART_NOTE}.  Recomputed in this run (01:19-01:39 UTC, five one-thread
+  to float rounding).  Recomputed in this run (01:19-01:39 UTC, five one-thread
   processes at once, load average 13-21): `--settings mnist-pattern --methods NAD I-BAU --fresh
   --no-write` (NAD, then I-BAU, then I-BAU with 100 samples, one process), `--settings
   mnist-pixel mnist-blend gtsrb-square --methods I-BAU --fresh --no-write`, the two draw runs
@@ -512,7 +509,7 @@ Reading the table (this run):
 - 100 clean samples: I-BAU runs 30 rounds of (inner solve, one outer step) (`min_outer_steps` 30,
   chosen on an 80/20 split of the 100 images: 10 steps left the proxy at 100% on the target),
   each with one inner start (the starts are spread over the rounds: at least 4 x 2 in all);
-  pattern {ca_asr(i100, "mnist-pattern")}, pixel {ca_asr(i100, "mnist-pixel")}: ASR <= 10% {"met" if all(table.get(i100, {}).get(st, {"asr": 1})["asr"] <= 0.10 for st in ("mnist-pattern", "mnist-pixel")) else "not met"}.
+  pattern {ca_asr(I100, "mnist-pattern")}, pixel {ca_asr(I100, "mnist-pixel")}: ASR <= 10% {"met" if all(table.get(I100, {}).get(st, {"asr": 1})["asr"] <= 0.10 for st in ("mnist-pattern", "mnist-pixel")) else "not met"}.
 - Blend (random-noise key, alpha 0.2): NAD {ca_asr("NAD", "mnist-blend")}, i.e. the fine-tuned
   teacher's level - NAD does not remove this backdoor (its student diverged at lr 0.1 on this
   model; the guard redid it at 0.01).  I-BAU: {ca_asr("I-BAU", "mnist-blend")} (previous run, one inner start: 97.52 / 30.04; the

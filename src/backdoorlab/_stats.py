@@ -31,11 +31,10 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 def median(values: torch.Tensor) -> torch.Tensor:
     """The median as numpy defines it: the mean of the two middle values for an even count
     (``torch.median`` returns the lower one)."""
-    v = values.double().flatten().sort().values
-    n = len(v)
-    if n == 0:
+    v = values.double().flatten()
+    if v.numel() == 0:
         raise ValueError("median of an empty set of values.")
-    return (v[(n - 1) // 2] + v[n // 2]) / 2
+    return torch.quantile(v, 0.5)
 
 
 def anomaly_index(values: torch.Tensor) -> torch.Tensor:

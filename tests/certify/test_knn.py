@@ -146,19 +146,23 @@ def test_certify_many_equals_one_k_at_a_time():
 
 
 def test_rnn_joint_curve_by_hand():
-    from backdoorlab.certify.knn import PoisoningCertificate, rnn_joint_curve
+    from backdoorlab.certify.knn import PoisoningCertificate, rnn_joint_curve, vote_tolerance
 
     # three test inputs: 0 and 1 far apart (> 2r), 2 close to 0; votes give needs 3, 5, 2 (all correct)
     x = torch.tensor([[0.0], [10.0], [0.5]])
     votes = torch.tensor([[5, 2, 0], [6, 1, 0], [3, 1, 0]])  # need = s_a - s_b + 1[b > a] = 4, 6, 3
-    cert = PoisoningCertificate(torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 0]), votes, "operations")
+    pred, tol = vote_tolerance(votes, 2)
+    assert pred.tolist() == [0, 0, 0] and tol.tolist() == [1, 2, 1]   # floor(gap / 2), gaps 3, 5, 2
+    cert = PoisoningCertificate(pred, tol, votes, "operations")
     y = torch.zeros(3, dtype=torch.long)
     # groups by greedy colouring at r = 1 (2r = 2): {0, 1} and {2}
     curve = dict(rnn_joint_curve(cert, x, y, 1.0, [0, 1, 2, 3, 5], unit="operations"))
     # e=1: 2 votes per group: nothing flips (needs 4, 6 | 3); e=2: 4 votes flip input 0 and input 2
     # e=3: 6 votes: group {0,1} flips 0 (4 <= 6, 4 + 6 > 6), group {2} flips 2; e=5: 10 votes flip all
     assert curve == {0: 1.0, 1: 1.0, 2: pytest.approx(1 / 3), 3: pytest.approx(1 / 3), 5: 0.0}
-    # individual certificate at e=1 already loses input 2 (tolerance 0): the joint one never does worse
-    assert cert.certified_accuracy(y, 1) == pytest.approx(2 / 3)
+    # the individual certificates (tolerances 1, 2, 1): the joint one never does worse, and is better at e=3
+    individual = {e: cert.certified_accuracy(y, e) for e in (1, 2, 3)}
+    assert individual == {1: 1.0, 2: pytest.approx(1 / 3), 3: 0.0}
+    assert all(curve[e] >= individual[e] - 1e-6 for e in individual)   # float32 accuracies
     ins = dict(rnn_joint_curve(cert, x, y, 1.0, [3, 4], unit="insert-delete"))
     assert ins == {3: pytest.approx(2 / 3), 4: pytest.approx(1 / 3)}

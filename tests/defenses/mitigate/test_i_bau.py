@@ -134,19 +134,12 @@ def test_universal_shift_is_exact(arch, shape, badnets, digits):
     assert num <= 1e-4 * sum(float(b.pow(2).sum()) for b in plain) ** 0.5
 
 
-def test_fields_are_checked():
-    with pytest.raises(ValueError, match="IBAU.perturbed_fraction"):
-        IBAU(perturbed_fraction=0.0)
-    with pytest.raises(ValueError, match="IBAU.fixed_point_steps"):
-        IBAU(fixed_point_steps=0)
-    with pytest.raises(ValueError, match="IBAU.min_outer_steps"):
-        IBAU(min_outer_steps=0)
-    with pytest.raises(ValueError, match="IBAU.uap_restarts"):
-        IBAU(uap_restarts=0)
-    with pytest.raises(ValueError, match="IBAU.restart_steps"):
-        IBAU(restart_steps=-1)
-    with pytest.raises(ValueError, match="IBAU.restart_steps"):
-        IBAU(restart_steps=2.5)
+@pytest.mark.parametrize("field, value", [("perturbed_fraction", 0.0), ("fixed_point_steps", 0),
+                                          ("min_outer_steps", 0), ("uap_restarts", 0),
+                                          ("restart_steps", -1), ("restart_steps", 2.5)])
+def test_fields_are_checked(field, value):
+    with pytest.raises(ValueError, match=f"IBAU.{field}"):
+        IBAU(**{field: value})
 
 
 def test_restart_steps_shorten_only_the_random_starts(badnets, digits):

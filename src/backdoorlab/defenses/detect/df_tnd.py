@@ -188,7 +188,7 @@ class DFTND(Detector):
             with torch.no_grad():
                 X = x.repeat(K, *([1] * (x.dim() - 1)))
                 x_hat = (1 - m) * X + m * d
-                increase = (model(x_hat) - model(X)).view(K, N, K).mean(1).cpu()   # eq. 7 per label k
+                increase = (model(x_hat).view(K, N, K) - model(x)).mean(1).cpu()   # eq. 7 per label k
         margin = increase.diagonal() - _other_max(increase).clamp_min(0)
         ratio, flagged = ratio_rule(margin, self.threshold)
         top = int(ratio.argmax())
@@ -226,6 +226,10 @@ class DFTND(Detector):
         Wh = model.head.weight.detach().clamp_min(0)                             # (K, d)
         K = Wh.shape[0]
         support = Wh > 0
+        if not bool(support.any(1).all()):
+            dead = [int(k) for k in (~support.any(1)).nonzero().flatten()]
+            raise ValueError(f"DF-TND needs every label to have a penultimate neuron that raises it "
+                             f"(a positive weight in model.head); labels {dead} have none.")
         w = Wh / Wh.sum(1, keepdim=True).clamp_min(1e-12)
         X = x.repeat(K, 1, 1, 1)                                  # rows k*N..(k+1)*N-1: label k
         m = torch.full((K * N, 1, H, W), self.mask_init, device=x.device)
@@ -267,27 +271,24 @@ def ratio_rule(margin: torch.Tensor, threshold: float,
     """(per-label ratios, flagged labels): label k's margin over the largest other label's margin
     (margins below ``floor`` logits count as ``floor``); only the top label can exceed 1, and it is
     flagged when its ratio exceeds ``threshold``."""
-    K = len(margin)
-    eye = torch.eye(K, dtype=torch.bool)
-    others = margin.unsqueeze(0).expand(K, K).masked_fill(eye, float("-inf")).amax(1)
+    others = _other_max(margin.unsqueeze(0).expand(len(margin), -1))
     ratio = (margin / others.clamp_min(floor)).to(torch.float64)
     top = int(ratio.argmax())
     return ratio, ([top] if float(ratio[top]) > threshold else [])
 
 
 def _project_simplex(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection onto {w >= 0, 1^T w = 1} (sort-based, exact)."""
-    u = v.sort(descending=True).values
-    css = u.cumsum(0) - 1
-    k = torch.arange(1, len(v) + 1, device=v.device, dtype=v.dtype)
-    rho = int(torch.nonzero(u - css / k > 0).max())
-    theta = css[rho] / (rho + 1)
-    return (v - theta).clamp_min(0)
+    """Euclidean projection of a vector onto {w >= 0, 1^T w = 1} (sort-based, exact)."""
+    return _project_simplex_rows(v[None], torch.ones(1, len(v), dtype=torch.bool, device=v.device))[0]
 
 
 def _project_simplex_rows(v: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Row k projected onto the simplex over the entries where ``support[k]`` (zero elsewhere)."""
-    out = torch.zeros_like(v)
-    for k in range(v.shape[0]):
-        out[k, support[k]] = _project_simplex(v[k, support[k]])
-    return out
+    """Row k projected onto the simplex over the entries where ``support[k]`` (zero elsewhere); the
+    sort-based projection of every row at once (off-support entries sort last and are never counted)."""
+    u = v.masked_fill(~support, float("-inf")).sort(1, descending=True).values
+    css = u.cumsum(1) - 1
+    k = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+    valid = k[None] <= support.sum(1, keepdim=True)
+    rho = ((u - css / k > 0) & valid).sum(1, keepdim=True) - 1           # the condition holds on a prefix
+    theta = css.gather(1, rho) / (rho + 1)
+    return (v - theta).clamp_min(0) * support

@@ -56,8 +56,8 @@ def conv_layer(owner: str, model: nn.Module, layer: str) -> tuple[str, nn.Module
     ``nn.Conv2d`` or an affine ``nn.BatchNorm2d``, with a clear error otherwise."""
     name = layer or getattr(model, "prune_layer", None) or getattr(model, "last_conv", None) or ""
     if not name:
-        raise ValueError(f"{owner}.layer must name a Conv2d layer; the model has no last_conv "
-                         "(an MLP?) and no layer was given.")
+        raise ValueError(f"{owner}.layer must name a Conv2d or BatchNorm2d layer; the model has no "
+                         "prune_layer / last_conv (an MLP?) and no layer was given.")
     try:
         module = model.get_submodule(name)
     except AttributeError:

@@ -51,8 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._torch import device_of, frozen, predict
+from ..._torch import device_of, frozen
 from ..._validation import in_range, positive
+from ...metrics import clean_accuracy
 from ...roles import Mitigator, Progress
 from ...training import fit
 from ...types import Repaired
@@ -68,12 +69,6 @@ def attention_map(a: torch.Tensor, p: float) -> torch.Tensor:
 def nad_loss(a_teacher: torch.Tensor, a_student: torch.Tensor, p: float) -> torch.Tensor:
     """Eq. (3) as in the official code: mean squared difference of the normalised attention maps."""
     return F.mse_loss(attention_map(a_student, p), attention_map(a_teacher, p))
-
-
-def clean_set_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy of ``model`` (eval mode, no autograd) on the defender's clean set."""
-    with torch.no_grad():
-        return float((predict(model, x) == y).float().mean())
 
 
 def _layers(model: nn.Module, spec: str) -> list[str]:
@@ -147,21 +142,21 @@ class NAD(Mitigator):
         x, y = x.to(dev), y.to(dev)
         n_teacher = steps(len(y), self.batch_size, self.teacher_epochs)
         total = n_teacher + steps(len(y), self.batch_size, self.epochs)
-        acc_in = clean_set_accuracy(model, x, y)
+        acc_in = clean_accuracy(model, (x, y))
         # 1. teacher: the backdoored model fine-tuned on the clean set
         def teach(lr):
             t = trainable_copy(model)
             fit(t, (x, y), epochs=self.teacher_epochs, batch_size=self.batch_size, lr=lr,
                 weight_decay=self.weight_decay, generator=generator, progress=phase(progress, 0, total))
-            return t.eval()
+            return t                                               # fit leaves it in eval mode
         teacher, t_lr, acc_t = self._guarded(teach, self.teacher_lr, acc_in, x, y)
         # 2. student: the backdoored model trained with CE + β attention distillation, eq. (1)
         def distil(lr):
             s = trainable_copy(model)
             self._distil(teacher, s, names, x, y, generator, phase(progress, n_teacher, total), lr)
-            return s.eval()
+            return s
         student, s_lr, acc_s = self._guarded(distil, self.lr, acc_t, x, y)
-        return Repaired(model=student.eval(), summary={
+        return Repaired(model=student, summary={
             "layers": ",".join(names), "teacher_epochs": self.teacher_epochs, "epochs": self.epochs,
             "teacher_lr": t_lr, "lr": s_lr, "clean_set_accuracy": {"input": acc_in, "teacher": acc_t,
                                                                    "student": acc_s},
@@ -173,12 +168,12 @@ class NAD(Mitigator):
         ``retries`` times).  Returns (model, lr used, its clean-set accuracy)."""
         for attempt in range(self.retries + 1):
             m = train(lr)
-            acc = clean_set_accuracy(m, x, y)
+            acc = clean_accuracy(m, (x, y))
             if acc >= reference - self.max_accuracy_drop or attempt == self.retries:
                 return m, lr, acc
             lr = lr / 10
 
-    def _distil(self, teacher, student, names, x, y, generator, progress, lr: float) -> float:
+    def _distil(self, teacher, student, names, x, y, generator, progress, lr: float) -> None:
         """Eq. (1) with ``training.fit``: a pre-hook runs the frozen teacher on each student batch,
         forward hooks record both models' layer outputs, the loss adds β Σ_l L_NAD."""
         st, ss = {}, {}
@@ -194,7 +189,7 @@ class NAD(Mitigator):
         hooks.append(student.register_forward_pre_hook(run_teacher))
         try:
             with frozen(teacher):
-                log = fit(student, (x, y), epochs=self.epochs, batch_size=self.batch_size, lr=lr,
+                fit(student, (x, y), epochs=self.epochs, batch_size=self.batch_size, lr=lr,
                           weight_decay=self.weight_decay, generator=generator, loss_fn=loss_fn,
                           progress=progress)
         finally:
@@ -202,4 +197,3 @@ class NAD(Mitigator):
                 h.remove()
             st.clear()
             ss.clear()
-        return log.final_loss
