@@ -232,12 +232,15 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     kept: the inner problem is a maximisation with several local maxima, and which one a single
     ascent from 0 reaches depends on the mini-batch order.  ``restart_steps`` (None = ``steps``):
     SGD steps of each random start; the start from δ = 0 always makes ``steps``.  θ is fixed here:
-    the parameters' gradients are switched off for the solve (restored after)."""
+    the parameters' gradients are switched off for the solve (restored after), and the stem
+    conv1(normalize(x)), which δ does not enter, is computed once for the whole clean set."""
     net = UniversalShift(model)
     perm = torch.randperm(len(y), generator=generator).to(x.device)
     best, best_loss = None, -float("inf")
     score = perm[:score_samples]
     with frozen(model):
+        with torch.no_grad():
+            h = torch.cat([net.stem(x[i:i + 512]) for i in range(0, len(x), 512)])
         for r in range(restarts):
             if r == 0:
                 delta = torch.zeros(1, *x.shape[1:], device=x.device)
@@ -250,7 +253,7 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
                 i = (offset + s * batch_size) % len(y)
                 idx = perm[i:i + batch_size]
                 delta.requires_grad_(True)
-                g = -F.cross_entropy(net(x[idx], delta), y[idx]) + reg * delta.pow(2).sum()
+                g = -F.cross_entropy(net.tail(h[idx] + net.shift(delta)), y[idx]) + reg * delta.pow(2).sum()
                 grad = torch.autograd.grad(g, delta)[0]
                 delta = (delta - lr * grad).detach()
                 if epsilon > 0:
@@ -258,7 +261,7 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
             if restarts == 1:
                 return delta.detach()
             with torch.no_grad():
-                loss = float(F.cross_entropy(net(x[score], delta), y[score]))
+                loss = float(F.cross_entropy(net.tail(h[score] + net.shift(delta)), y[score]))
             if loss > best_loss:
                 best, best_loss = delta.detach(), loss
     return best
