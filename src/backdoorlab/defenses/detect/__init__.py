@@ -8,5 +8,6 @@ from .df_tnd import DFTND, DFTNDEvidence  # noqa: E402
 
 DETECTORS["dl-tnd"] = DLTND
 DETECTORS["df-tnd"] = DFTND
+from .calibrate import Calibration, calibrate  # noqa: E402
 
 __all__ = ["DETECTORS"]

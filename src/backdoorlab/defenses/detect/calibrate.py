@@ -1,0 +1,81 @@
+"""Threshold calibration on known-clean reference models.
+
+A detector's preset threshold was chosen by its authors for their datasets and architectures (DL-TND's
+T = 0.75 for CIFAR-10 ResNets; the official README calls T a user knob).  An auditor who holds a few
+models that are known to be clean - same task, same architecture, trained by themselves - can instead
+set the threshold from them: each reference is scanned exactly as the suspect model will be, and the
+threshold becomes the largest reference score, the smallest value at which no reference is flagged.
+
+    cal = calibrate(DLTND(), [ref1, ref2, ref3], clean, generator=g)
+    verdict = cal.detector.detect(suspect, clean, generator=g2)
+
+Every detector here decides ``backdoored`` as ``score > threshold`` (Neural Cleanse: the largest anomaly
+index of a below-median label; DL-TND: the largest similarity s_k; DF-TND: the top label's
+max(margin ratio, margin * T / T_abs), whose two thresholds its ``with_threshold`` scales together),
+so the calibrated detector flags none of its references.  What that says about other clean models depends on
+how many references there were: with n references, a new clean model of the same kind scores above all
+of them with probability about 1 / (n + 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ...roles import Detector, Progress
+
+THRESHOLD_FIELDS = ("threshold", "anomaly_threshold")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    detector: Detector            # the input detector with its threshold field set to ``threshold``
+    threshold: float              # the largest reference score
+    field: str                    # the detector field that holds the threshold
+    scores: tuple[float, ...]     # each reference model's score, in order
+    preset: float                 # the detector's threshold before calibration
+
+
+def threshold_field(detector: Detector) -> str:
+    """The dataclass field that holds ``detector``'s decision threshold."""
+    names = {f.name for f in dataclasses.fields(detector)} if dataclasses.is_dataclass(detector) else set()
+    for name in THRESHOLD_FIELDS:
+        if name in names:
+            return name
+    raise TypeError(f"calibrate: {type(detector).__name__} has no threshold field (looked for "
+                    f"{', '.join(THRESHOLD_FIELDS)}); it cannot be calibrated.")
+
+
+def calibrate(detector: Detector, references: Sequence[torch.nn.Module], clean=None, *,
+              generator: torch.Generator | None = None, progress: Progress = None) -> Calibration:
+    """Scan every reference model with ``detector`` and set its threshold to the largest score.
+
+    ``clean``: the data the detector will get for the suspect model (None for data-free detectors).
+    Each reference is scanned with a fresh copy of ``generator``'s state, so it sees the same random
+    draws as a scan of the suspect model that starts from that state."""
+    field = threshold_field(detector)
+    references = list(references)
+    if not references:
+        raise ValueError("calibrate needs at least one known-clean reference model; got none.")
+    state = generator.get_state() if generator is not None else None
+    scores = []
+    for i, ref in enumerate(references):
+        g = None
+        if state is not None:
+            g = torch.Generator()
+            g.set_state(state)
+        score = float(detector.detect(ref, clean, generator=g).score)
+        if not math.isfinite(score):
+            raise ValueError(f"calibrate: reference model {i} got a non-finite {type(detector).__name__} score "
+                             f"({score}); check that it is a trained model of this task.")
+        scores.append(score)
+        if progress is not None:
+            progress(i + 1, len(references))
+    threshold = max(scores)
+    retune = getattr(detector, "with_threshold", None)   # detectors with a second, linked threshold (DF-TND)
+    tuned = retune(threshold) if retune is not None else dataclasses.replace(detector, **{field: threshold})
+    return Calibration(detector=tuned, threshold=threshold,
+                       field=field, scores=tuple(scores), preset=float(getattr(detector, field)))

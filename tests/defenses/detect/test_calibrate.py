@@ -1,0 +1,111 @@
+"""Threshold calibration on known-clean reference models: the largest reference score becomes the
+threshold, the calibrated detector flags none of its references, every reference sees the same random
+draws, and bad input is refused; ``scan --reference`` on real detectors."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from backdoorlab.defenses.detect import DFTND, NeuralCleanse, calibrate
+from backdoorlab.defenses.detect.calibrate import threshold_field
+from backdoorlab.roles import Detector
+from backdoorlab.types import Verdict
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scored(Detector):
+    """Score = the model's ``score`` attribute plus the first uniform draw of the generator / 1000."""
+
+    threshold: float = 0.5
+
+    def detect(self, model, clean, *, generator=None, progress=None) -> Verdict:
+        noise = float(torch.rand(1, generator=generator)) / 1000 if generator is not None else 0.0
+        s = model.score + noise
+        return Verdict(backdoored=s > self.threshold, score=s, threshold=self.threshold, suspects=())
+
+
+class M(torch.nn.Module):
+    def __init__(self, score: float):
+        super().__init__()
+        self.score = score
+
+
+def test_threshold_is_the_largest_reference_score_and_flags_none():
+    refs = [M(0.3), M(0.9), M(0.6)]
+    seen = []
+    cal = calibrate(Scored(), refs, progress=lambda d, t: seen.append((d, t)))
+    assert cal.scores == (0.3, 0.9, 0.6) and cal.threshold == 0.9 and cal.preset == 0.5
+    assert cal.field == "threshold" and cal.detector.threshold == 0.9
+    assert [cal.detector.detect(r, None).backdoored for r in refs] == [False, False, False]
+    assert Scored().detect(refs[1], None).backdoored          # the preset flagged the 0.9 reference
+    assert cal.detector.detect(M(0.95), None).backdoored       # a model above every reference still is
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_every_reference_sees_the_callers_generator_state_which_is_left_untouched():
+    g = torch.Generator().manual_seed(7)
+    first = float(torch.rand(1, generator=torch.Generator().manual_seed(7))) / 1000
+    cal = calibrate(Scored(), [M(0.1), M(0.2)], generator=g)
+    assert cal.scores == pytest.approx((0.1 + first, 0.2 + first))
+    assert float(torch.rand(1, generator=g)) / 1000 == pytest.approx(first)   # g was not advanced
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate(Scored(), [])
+    with pytest.raises(ValueError, match="reference model 1.*non-finite"):
+        calibrate(Scored(), [M(0.1), M(float("nan"))])
+
+    @dataclass(frozen=True)
+    class NoThreshold(Detector):
+        def detect(self, model, clean, *, generator=None, progress=None):
+            return Verdict(backdoored=False, score=0.0, threshold=0.0, suspects=())
+
+    with pytest.raises(TypeError, match="NoThreshold has no threshold field"):
+        calibrate(NoThreshold(), [M(0.1)])
+
+
+def test_threshold_fields_of_the_library_detectors():
+    assert threshold_field(NeuralCleanse()) == "anomaly_threshold"
+    assert threshold_field(DFTND()) == "threshold"
+
+
+def test_real_detector_calibrated_on_models_flags_none_of_them(clean_model, badnets):
+    """DF-TND (short budget) on the clean digits model and the BadNets one used as 'references': the
+    calibrated threshold is the larger score and neither model is flagged with it."""
+    det = DFTND(steps=6, refine_steps=2)
+    refs = [clean_model, badnets[0]]
+    cal = calibrate(det, refs, None, generator=torch.Generator().manual_seed(0))
+    direct = [det.detect(r, None, generator=torch.Generator().manual_seed(0)).score for r in refs]
+    assert cal.scores == pytest.approx(tuple(direct)) and cal.threshold == max(direct)
+    for r in refs:
+        v = cal.detector.detect(r, None, generator=torch.Generator().manual_seed(0))
+        assert not v.backdoored and v.threshold == cal.threshold
+
+
+def test_cli_scan_with_references(clean_model, badnets, digits, tmp_path, capsys):
+    from backdoorlab.cli import main
+    from backdoorlab.io import save_model
+
+    train, _ = digits
+    clean_path, bd_path = tmp_path / "clean.safetensors", tmp_path / "bd.safetensors"
+    save_model(clean_path, clean_model, dataset=train.info.to_json())
+    save_model(bd_path, badnets[0], dataset=train.info.to_json())
+    fast = ["--detectors", "df-tnd", "--no-data", "--set", "df-tnd.steps=6", "--set", "df-tnd.refine-steps=2",
+            "--no-files", "--json"]
+    assert main(["scan", str(clean_path), "--reference", str(clean_path), *fast]) == 0
+    data = json.loads(capsys.readouterr().out)
+    d = data["detectors"]["df-tnd"]
+    assert d["calibration"]["references"] == [str(clean_path)] and d["calibration"]["preset"] == DFTND().threshold
+    # the scanned model is its own reference: same seed, same score, threshold = that score, not flagged
+    assert d["calibration"]["scores"] == [pytest.approx(d["score"])] and d["threshold"] == pytest.approx(d["score"])
+    assert d["backdoored"] is False
+    # a reference of another task is refused before anything runs
+    other = tmp_path / "other.safetensors"
+    info = train.info.to_json() | {"name": "not-digits"}
+    save_model(other, clean_model, dataset=info)
+    assert main(["scan", str(bd_path), "--reference", str(other), *fast]) == 2
+    assert "same task" in capsys.readouterr().err
