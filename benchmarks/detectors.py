@@ -30,10 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import SHARED_DATA, md_table, write_result  # noqa: E402
-from population import EPOCHS, cached_verdict, calibration, population  # noqa: E402
+from population import EPOCHS, POPULATIONS, cached_verdict, calibration, population  # noqa: E402
 from backdoorlab.defenses.detect.combined import RULES  # noqa: E402
 
 DETECTOR_NAMES = ("neural-cleanse", "dl-tnd", "df-tnd")
+CALIBRATED = ("dl-tnd", "df-tnd")   # shown again with T = the largest score of the clean reference models
 
 
 def main(argv=None) -> int:
@@ -44,24 +45,28 @@ def main(argv=None) -> int:
     ap.add_argument("--detectors", default=",".join(DETECTOR_NAMES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
+    ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
+                    help="a: the evaluation population (results/detectors.md); b: the same members with fresh "
+                         "seeds, the blind re-test (results/detectors_b.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shard = tuple(int(v) for v in args.shard.split("/"))
     names = [n for n in args.detectors.split(",") if n]
     train = load_dataset("mnist", "train", SHARED_DATA)
     records = []
-    for m in population(shard=shard, train_missing=False):
+    for m in population(shard=shard, which=args.population, train_missing=False):
         records.append({"name": m.name, "infected": m.infected, "target": m.target, "ca": m.ca, "asr": m.asr,
                         "raw": {n: cached_verdict(m, n, train) for n in names}})
-    calib = []
-    if "dl-tnd" in names:     # DL-TND's threshold recalibrated on the calib-* clean models (never the eval ones)
-        calib = [cached_verdict(m, "dl-tnd", train) for m in calibration(train_missing=False)]
-    if shard != (0, 1) or any(v is None for r in records for v in r["raw"].values()) or None in calib:
+    # the TNDs' thresholds recalibrated on the calib-* clean reference models (never the evaluation ones)
+    refs = calibration(train_missing=False)
+    calib = {n: [cached_verdict(m, n, train) for m in refs] for n in CALIBRATED if n in names}
+    if (shard != (0, 1) or any(v is None for r in records for v in r["raw"].values())
+            or any(v is None for vs in calib.values() for v in vs)):
         print("some verdicts are still being computed by another process; no report")
         return 0
-    body = report(records, names, calib)
-    if not args.no_write and set(names) == set(DETECTOR_NAMES):
-        print(write_result("detectors", body))
+    body = report(records, names, calib, args.population)
+    if not args.no_write and (set(names) == set(DETECTOR_NAMES) or args.population != "a"):
+        print(write_result("detectors" if args.population == "a" else f"detectors_{args.population}", body))
     print(body)
     return 0
 
@@ -81,12 +86,18 @@ def _verdicts(rec, names):
     return out
 
 
-def _recalibrated(raw: dict, threshold: float):
-    """DL-TND's verdict with threshold T replaced (suspects: labels whose similarity s_k > T)."""
+def _recalibrated(name: str, raw: dict, threshold: float):
+    """The verdict with threshold T replaced, as ``defenses.detect.calibrate`` would give it: DL-TND flags
+    the labels whose similarity s_k > T, DF-TND its top-ratio label when that ratio > T."""
     from backdoorlab.types import Verdict
 
-    sim = raw["evidence"]["similarity"]
-    flagged = tuple(sorted((k for k, s in enumerate(sim) if s > threshold), key=lambda k: -sim[k]))
+    if name == "dl-tnd":
+        sim = raw["evidence"]["similarity"]
+        flagged = tuple(sorted((k for k, s in enumerate(sim) if s > threshold), key=lambda k: -sim[k]))
+    else:
+        ratio = raw["evidence"]["ratio"]
+        top = max(range(len(ratio)), key=lambda k: ratio[k])
+        flagged = (top,) if ratio[top] > threshold else ()
     return Verdict(backdoored=bool(flagged), score=raw["score"], threshold=threshold, suspects=flagged)
 
 
@@ -125,21 +136,46 @@ def _failures(inf, cln, t_cal, calib) -> str:
     return "\n".join(lines) or "none"
 
 
-def report(records, names, calib=()) -> str:
+def _population_text(which: str) -> str:
+    if which == "a":
+        return ""
+    return (f"Population {which}: the same ten infected and ten clean members as the evaluation population "
+            "(names, triggers, positions, targets), trained with fresh seeds for training, poisoning and blend "
+            "noise (`benchmarks/population.py --population b`). It was trained after DF-TND's margin threshold "
+            "T_abs and the calibrated DL-TND threshold were fixed, and nothing was changed after it was "
+            "scanned: a blind test of those rules. ")
+
+
+def _calibration_text(calib: dict, t_cal: dict) -> str:
+    if not t_cal:
+        return ""
+    n_ref = len(next(iter(calib.values())))
+    lines = [f"`(T calibrated)` rows: the detector's threshold T set to the largest score among {n_ref} clean reference "
+             "models (`calib-s0..`, the population's recipe with other seeds; never the evaluation models) - what "
+             "`backdoorlab scan --reference ...` (`defenses.detect.calibrate`) does, with the same inputs and seed. "
+             "The rule (largest reference score) was fixed in the previous session with 4 references; the 8 more "
+             "were trained after the evaluation scores had been seen, so this is not a blind test. The combined "
+             "rules use the default detectors."]
+    for n, vs in calib.items():
+        lines.append(f"- {n}: T = {t_cal[n]:.4f} (preset {vs[0]['threshold']:g}); reference scores "
+                     + ", ".join(f"{c['score']:.3f}" for c in vs))
+    return "\n".join(lines)
+
+
+def report(records, names, calib=None, which: str = "a") -> str:
     from backdoorlab._stats import auroc
     from backdoorlab.defenses.detect.combined import Combined
 
-    t_cal = max((c["score"] for c in calib), default=None)
-    cal_scores = ", ".join(f"{c['score']:.3f}" for c in calib)
+    calib = dict(calib or {})
+    t_cal = {n: max(c["score"] for c in vs) for n, vs in calib.items()}
     for r in records:
         r["verdicts"] = _verdicts(r, names)
-        if t_cal is not None:
-            r["verdicts"]["dl-tnd (T calibrated)"] = _recalibrated(r["raw"]["dl-tnd"], t_cal)
         total = sum(v["seconds"] for v in r["raw"].values())
         r["seconds"] = {n: r["raw"][n]["seconds"] for n in names} | {k: total for k in r["verdicts"] if
                                                                      k.startswith("combined")}
-        if t_cal is not None:
-            r["seconds"]["dl-tnd (T calibrated)"] = r["seconds"]["dl-tnd"]
+        for n, t in t_cal.items():
+            r["verdicts"][f"{n} (T calibrated)"] = _recalibrated(n, r["raw"][n], t)
+            r["seconds"][f"{n} (T calibrated)"] = r["seconds"][n]
     cols = list(records[0]["verdicts"])
     inf = [r for r in records if r["infected"]]
     cln = [r for r in records if not r["infected"]]
@@ -160,7 +196,7 @@ def report(records, names, calib=()) -> str:
            for r in records]
     # acceptance: DL-TND / DF-TND >= 80% detected with <= 2 clean flagged; combined >= best single
     accept = []
-    for n in ("dl-tnd", "df-tnd"):
+    for n in ("dl-tnd", "df-tnd", *(f"{n} (T calibrated)" for n in t_cal)):
         if n in stats:
             det, fp, _ = stats[n]
             ok = det >= 0.8 * len(inf) and fp <= 2
@@ -175,8 +211,9 @@ def report(records, names, calib=()) -> str:
                   f"detector {best} (by detected minus FP): {bd} / {bf} / {bt} -> at least as good on both "
                   f"counts: **{'yes' if ok else 'no'}**")
     return "\n\n".join([
-        "## Detection population: Neural Cleanse vs DL-TND vs DF-TND (MNIST)",
-        f"{len(inf)} infected + {len(cln)} clean MNIST badnets-cnn models from `benchmarks/population.py` "
+        "## Detection population: Neural Cleanse vs DL-TND vs DF-TND (MNIST)" if which == "a" else
+        f"## Detection population {which} (fresh seeds, blind re-test): " + " vs ".join(names) + " (MNIST)",
+        _population_text(which) + f"{len(inf)} infected + {len(cln)} clean MNIST badnets-cnn models from `benchmarks/population.py` "
         f"({EPOCHS} epoch(s) on the full 60,000-image training split, 2 more per retry; every clean model CA >= 98%, "
         "every infected one ASR >= 90% on "
         "the test set, columns below). Library defaults, inputs as `backdoorlab scan --seed 0` gives them: "
@@ -189,13 +226,9 @@ def report(records, names, calib=()) -> str:
         "lead = the data-richest detector decides (NC here); agree = at least 2 detectors name the same "
         "label; vote = at least 2 of 3 flag; any / all.",
         md_table(["detector", "detection rate", "false positives", "target accuracy", "AUROC", "s / model"], rows),
-        "" if t_cal is None else
-        f"`dl-tnd (T calibrated)`: DL-TND with its threshold T set to the largest score on {len(calib)} separate clean "
-        f"calibration models (`calib-s*`, other seeds, same recipe; never the evaluation models): T = {t_cal:.4f} "
-        f"(their scores: {cal_scores}) instead of the official code's 0.75. "
-        "Shown beside the default; the combined rules use the default DL-TND.",
+        _calibration_text(calib, t_cal),
         "### Acceptance (issue 7)\n\n" + "\n".join(accept),
-        "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal, calib),
+        "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal.get("dl-tnd"), calib.get("dl-tnd", ())),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",
         "### Per model (verdict [suspects] (score))",

@@ -5,7 +5,7 @@ builder used by ``neural_cleanse_detection.py`` and ``detectors.py``.
 ``io.save_ground_truth``) 10 BadNets-infected models with different targets (all ten labels),
 trigger kinds (single pixel, BadNets 3x3 pattern, 3x3 / 4x4 / 5x5 squares, random-noise blend at
 alpha 0.1 and 0.2) and positions, and 10 clean models that differ only by seed.  Separately,
-``calibration()`` gives 4 more clean models (``calib-s*``, other seeds) on which detectors may
+``calibration()`` gives 12 more clean models (``calib-s*``, other seeds) on which detectors may
 calibrate a threshold; they are never part of the evaluation population.
 
 Recipe: the badnets-cnn, 1 epoch of SGD (lr 0.05, batch 64, cosine) on the full 60,000-image MNIST
@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import ROOT, SHARED_DATA, md_table  # noqa: E402
 
 CACHE = ROOT / "runs" / "population"
+# population "a" is the evaluation population; "b" has the same members (names, triggers, targets) with
+# fresh seeds for training, poisoning and blend noise - a blind re-test of rules fixed after "a" was seen
+POPULATIONS = {"a": (CACHE, 0), "b": (ROOT / "runs" / "population-b", 50_000)}
 SHAPE = (1, 28, 28)
 EPOCHS, RATE = 1, 0.1
 MIN_CA, MIN_ASR = 0.98, 0.90
@@ -56,7 +59,7 @@ INFECTED = {
     "blend20-t9": ("blend", 0.2, 9),
 }
 CLEAN = [f"clean-s{i}" for i in range(10)]
-CALIB = [f"calib-s{i}" for i in range(4)]
+CALIB = [f"calib-s{i}" for i in range(12)]
 SEEDS = ({name: 100 + i for i, name in enumerate(INFECTED)} | {n: 200 + i for i, n in enumerate(CLEAN)}
          | {n: 900 + i for i, n in enumerate(CALIB)})
 # build order: infected and clean interleaved (a partial build stays balanced), slow pixel triggers last
@@ -77,6 +80,7 @@ class Member:
     ca: float                    # clean accuracy on the MNIST test set
     asr: float | None            # attack success rate on the MNIST test set (infected only)
     attempts: int                # trainings needed to pass the bar
+    cache: Path = CACHE          # folder of the model file and its cached verdicts
 
 
 def make_trigger(kind: str, where, seed: int):
@@ -104,7 +108,7 @@ def _train(dataset, info, seed: int, epochs: int):
     return m.eval()
 
 
-def _build(name: str, spec, train, test, path: Path, log):
+def _build(name: str, spec, train, test, path: Path, log, offset: int = 0):
     """Train ``name`` until it passes the bar; save model, ground truth and CA/ASR."""
     from backdoorlab.attacks import BadNets
     from backdoorlab.io import save_ground_truth, save_model, truth_path
@@ -112,11 +116,11 @@ def _build(name: str, spec, train, test, path: Path, log):
 
     history = []
     for attempt in range(MAX_ATTEMPTS):
-        seed, epochs = SEEDS[name] + 1000 * attempt, EPOCHS + 2 * attempt
+        seed, epochs = SEEDS[name] + offset + 1000 * attempt, EPOCHS + 2 * attempt
         t0 = time.perf_counter()
         if spec:
             kind, where, target = spec
-            poisoned = BadNets(trigger=make_trigger(kind, where, SEEDS[name]), target=target, rate=RATE).poison(
+            poisoned = BadNets(trigger=make_trigger(kind, where, SEEDS[name] + offset), target=target, rate=RATE).poison(
                 train, generator=torch.Generator().manual_seed(seed))
             model, goal, idx = _train(poisoned.dataset, train.info, seed, epochs), poisoned.goal, poisoned.poison_indices
         else:
@@ -141,11 +145,12 @@ def _build(name: str, spec, train, test, path: Path, log):
         "it is left out (a failed backdoor never counts as infected).")
 
 
-def _members(names, *, data_dir, cache: Path, train_missing: bool, log) -> list[Member]:
+def _members(names, *, data_dir, cache: Path, train_missing: bool, log, offset: int = 0) -> list[Member]:
     from backdoorlab.data import load_dataset
     from backdoorlab.io import load_ground_truth, load_model, truth_path
 
     cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
     train = test = None
     out = []
     for i, name in enumerate(names):
@@ -164,7 +169,7 @@ def _members(names, *, data_dir, cache: Path, train_missing: bool, log) -> list[
                 if train is None:
                     train, test = load_dataset("mnist", "train", data_dir), load_dataset("mnist", "test", data_dir)
                 log(f"training {name} ({i + 1}/{len(names)})")
-                _build(name, spec, train, test, path, log)
+                _build(name, spec, train, test, path, log, offset)
             finally:
                 lock.unlink()
             if not path.exists():
@@ -175,16 +180,17 @@ def _members(names, *, data_dir, cache: Path, train_missing: bool, log) -> list[
         out.append(Member(name=name, model=model.eval(), infected=spec is not None, goal=goal,
                           target=spec[2] if spec else None, kind=spec[0] if spec else "clean",
                           ca=float(extra["ca"]), asr=None if extra.get("asr") is None else float(extra["asr"]),
-                          attempts=len(extra["attempts"])))
+                          attempts=len(extra["attempts"]), cache=cache))
     return out
 
 
-def population(*, data_dir=SHARED_DATA, cache: Path = CACHE, infected: bool = True, clean: bool = True,
+def population(*, data_dir=SHARED_DATA, which: str = "a", infected: bool = True, clean: bool = True,
                shard: tuple[int, int] = (0, 1), train_missing: bool = True, log=print) -> list[Member]:
-    """The evaluation population (ground truth travels in ``Member``, never to the defense)."""
+    """The evaluation population ``which`` (ground truth travels in ``Member``, never to the defense)."""
+    cache, offset = POPULATIONS[which]
     names = [n for n in ORDER if (n in INFECTED and infected) or (n in CLEAN and clean)]
     names = [n for i, n in enumerate(names) if i % shard[1] == shard[0]]
-    return _members(names, data_dir=data_dir, cache=cache, train_missing=train_missing, log=log)
+    return _members(names, data_dir=data_dir, cache=cache, train_missing=train_missing, log=log, offset=offset)
 
 
 def calibration(*, data_dir=SHARED_DATA, cache: Path = CACHE, train_missing: bool = True, log=print) -> list[Member]:
@@ -220,8 +226,8 @@ def _source_hash(name: str) -> str:
     return hashlib.sha1(Path(inspect.getfile(DETECTORS[name])).read_bytes()).hexdigest()[:10]
 
 
-def cached_verdict(member: Member, name: str, train, overrides: dict | None = None, *, cache: Path = CACHE,
-                   run: bool = True, log=print) -> dict | None:
+def cached_verdict(member: Member, name: str, train, overrides: dict | None = None, *, run: bool = True,
+                   log=print) -> dict | None:
     """The verdict of detector ``name`` (registry name, library defaults + ``overrides``) on ``member``,
     run once and cached in ``runs/population/NAME.verdicts.json`` (so an interrupted benchmark resumes).
     Returns {backdoored, score, threshold, suspects, seconds, evidence} (evidence = ``to_json()``)."""
@@ -231,7 +237,7 @@ def cached_verdict(member: Member, name: str, train, overrides: dict | None = No
     key = f"{name}:{json.dumps(overrides, sort_keys=True)}"
     if name in SOURCE_KEYED:
         key += f":{_source_hash(name)}"
-    path = Path(cache) / f"{member.name}.verdicts.json"
+    path = Path(member.cache) / f"{member.name}.verdicts.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     if key in done or not run:
         return done.get(key)
@@ -264,11 +270,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shard", default="0/1", help="I/N: build members i with i %% N == I")
     ap.add_argument("--calib", action="store_true", help="build the calibration models too")
+    ap.add_argument("--population", default="a", choices=sorted(POPULATIONS), help="which population (default a)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     shard = tuple(int(v) for v in a.shard.split("/"))
-    members = population(shard=shard)
+    members = population(shard=shard, which=a.population)
     if a.calib:
         members += [m for i, m in enumerate(calibration()) if i % shard[1] == shard[0]]
     rows = [[m.name, m.kind, "-" if m.target is None else m.target, f"{100 * m.ca:.2f}",

@@ -59,19 +59,41 @@ def test_simplex_projection_on_a_support():
 def test_ratio_rule_hand_computed():
     # one label far above the rest: 30 / 8 = 3.75 > 3.5
     s = torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 30])
-    r, flagged = ratio_rule(s, 3.5)
+    r, score, flagged = ratio_rule(s, 3.5)
     assert float(r[9]) == pytest.approx(30 / 8) and flagged == [9]
     assert float(r[8]) == pytest.approx(8 / 30) and float(r[0]) == 0.0
-    assert ratio_rule(s, 3.8)[1] == []
+    assert torch.equal(score, r)                       # no margin threshold: the score is the ratio
+    assert ratio_rule(s, 3.8)[2] == []
     # a clean-looking spread (strokes raise several labels): the top is 9 / 7
     s = torch.tensor([-7.0, -5, 9, 6, 7, 7, 1, 5, 0, -8])
-    r, flagged = ratio_rule(s, 3.5)
+    r, _, flagged = ratio_rule(s, 3.5)
     assert flagged == [] and float(r.max()) == pytest.approx(9 / 7)
     # runner-up below the 1-logit floor counts as 1: 4 / 1; a tiny lone margin is not a trojan
-    assert ratio_rule(torch.tensor([4.0, 0.3, -2.0]), 3.5)[1] == [0]
-    r, flagged = ratio_rule(torch.tensor([0.5, 0.01, -2.0]), 3.5)
+    assert ratio_rule(torch.tensor([4.0, 0.3, -2.0]), 3.5)[2] == [0]
+    r, _, flagged = ratio_rule(torch.tensor([0.5, 0.01, -2.0]), 3.5)
     assert flagged == [] and float(r[0]) == pytest.approx(0.5)
     assert float(ratio_rule(torch.tensor([-1.0, -3.0]), 3.5)[0][0]) == pytest.approx(-1.0)
+
+
+def test_margin_threshold_flags_a_large_margin_beside_an_attractor():
+    """A 29.8-logit target margin next to a 9.1-logit attractor: ratio 3.27 < 3.5, but the margin is above
+    T_abs = 27; score = max(ratio, margin * T / T_abs) = 29.8 * 3.5 / 27."""
+    s = torch.tensor([-8.6, -1.9, 9.1, 0.4, 3.3, 8.0, 29.8, 0.8, -5.4, -7.9])
+    r, score, flagged = ratio_rule(s, 3.5)
+    assert flagged == [] and float(r[6]) == pytest.approx(29.8 / 9.1)
+    r, score, flagged = ratio_rule(s, 3.5, 27.0)
+    assert flagged == [6] and float(score[6]) == pytest.approx(29.8 * 3.5 / 27.0)
+    assert float(score[2]) == pytest.approx(max(9.1 / 29.8, 9.1 * 3.5 / 27.0))
+    assert ratio_rule(s, 3.5, 30.0)[2] == []             # 29.8 < 30: neither criterion holds
+    # the same verdicts with both thresholds scaled (what DFTND.with_threshold does)
+    for t in (2.0, 5.0):
+        r2, score2, flagged2 = ratio_rule(s, t, 27.0 * t / 3.5)
+        assert torch.allclose(score2, score) and flagged2 == ([6] if float(score[6]) > t else [])
+
+
+def test_with_threshold_scales_both_thresholds():
+    d = DFTND().with_threshold(7.0)
+    assert d.threshold == 7.0 and d.margin_threshold == pytest.approx(2 * DFTND().margin_threshold)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +112,8 @@ def test_planted_neuron_label_is_the_outlier(verdicts):
     # label 3's maximisation sets pixel p to 1 with mask 1 on every noise input
     assert float(ev.trigger.mask[0, PIXEL[0], PIXEL[1]]) == 1.0
     assert float(ev.trigger.pattern[0, PIXEL[0], PIXEL[1]]) == 1.0
-    assert v.suspects == (3,) and v.backdoored and v.score == pytest.approx(float(ev.ratio[3]))
+    assert v.suspects == (3,) and v.backdoored and v.score == pytest.approx(float(ev.score[3]))
+    assert float(ev.score[3]) == pytest.approx(max(float(ev.ratio[3]), float(ev.margin[3]) * THRESHOLD / 27.0))
     assert v.score > v.threshold == THRESHOLD
     # L_3 in label 3's row: the planted weight 2 * 50 / 20 = 5 per unit response, 20 * 1 response
     # at x_p = 1 vs x_p in [0, 0.1] before: at least 100 * 0.9 = 90 logits, far above every other label
@@ -119,12 +142,12 @@ def test_verdict_follows_the_ratio_rule(verdicts):
         L = ev.logit_increase
         others = L.masked_fill(torch.eye(10, dtype=torch.bool), float("-inf")).amax(1).clamp_min(0)
         assert torch.allclose(ev.margin, L.diagonal() - others)
-        r, flagged = ratio_rule(ev.margin, verdict.threshold)
-        assert torch.equal(ev.ratio, r) and list(verdict.suspects) == flagged
-        assert verdict.score == pytest.approx(float(r.max()))
-        assert ev.anomaly_indices == tuple(float(x) for x in r)
+        r, score, flagged = ratio_rule(ev.margin, verdict.threshold, DFTND().margin_threshold)
+        assert torch.equal(ev.ratio, r) and torch.equal(ev.score, score) and list(verdict.suspects) == flagged
+        assert verdict.score == pytest.approx(float(score.max()))
+        assert ev.anomaly_indices == tuple(float(x) for x in score)
     # same seed, threshold just above the planted ratio: same increases, nothing flagged
-    above = DFTND(**FAST, threshold=v.score + 0.01).detect(model, None, generator=gen(0))
+    above = DFTND(**FAST).with_threshold(v.score + 0.01).detect(model, None, generator=gen(0))
     assert torch.equal(above.evidence.logit_increase, v.evidence.logit_increase) and not above.backdoored
 
 

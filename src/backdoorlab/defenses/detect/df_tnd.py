@@ -48,7 +48,9 @@ infected + 10 clean MNIST badnets-cnn models, never the evaluation population of
    digit-like stroke that raises that label alone (s_k up to 13 logits on clean MNIST models),
    while the trojan label's margin is several times every other label's.  Rule: flag the top label
    k* when s_k* > T * max(1, max_{j != k*} s_j) (``ratio_rule``; runner-up margins below 1 logit
-   count as 1 logit, so a tiny lone margin is not a trojan).  The MAD anomaly index of the s_k
+   count as 1 logit, so a tiny lone margin is not a trojan) - or when s_k* > T_abs logits, the
+   paper's own absolute rule on the margin (``margin_threshold``; added in the fourth session, see
+   below).  The MAD anomaly index of the s_k
    (Neural Cleanse's rule) was tried first: clean models whose margins split into a negative and a
    positive group reach 3.7 with 3 labels "flagged", and the hijacked rows of an infected model
    (other labels' maximisations that also found the trigger, margin << 0) inflate the MAD.
@@ -63,6 +65,16 @@ squares, BadNets patterns, a noise blend) 3.9-10.2, all flagged at the true targ
 backdoor had failed (ASR < 10%) 1.06-1.71.  On the 8x8 digits CNN of the tests the clean twin stays
 below T and the planted one-pixel neuron far above it (``tests/defenses/detect/test_df_tnd.py``).
 
+How T_abs was chosen, and why it exists: on the evaluation population the ratio rule missed a 4x4
+square whose target margin was 29.8 logits, because a clean attractor label (2, a stroke) had 9.1 -
+the ratio (3.28) fell just under T.  The paper flags L_k > T outright; no clean calibration model's
+top margin exceeded 13.3 logits (the same 12 models as T; 3.5-13.3), so T_abs = 27.0 is that largest
+margin doubled and rounded up to a half, T's recipe.  This criterion was added AFTER the evaluation
+failures were seen, so the evaluation population no longer tests it blind; a second population
+with fresh seeds (``benchmarks/population.py --population b``) was trained after T_abs was fixed
+and is its blind test (``benchmarks/results/detectors_b.md``).  The score is
+max(ratio, s_k* T / T_abs), so "score > T" is the whole rule and ``calibrate`` scales both.
+
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
 [0, 1]; w takes a step and is projected onto the simplex.  After ``steps`` iterations each label's
@@ -71,7 +83,8 @@ more (as official).  L_k of eq. 7 is read on the refined per-input perturbations
 
 Deviations:
 - Noise distribution, per-label maximisations, λ warm-up and the ratio rule (points 1-4 above)
-  instead of U[0, 1]-like noise, one maximisation and the absolute L_k > T.  The rule names at most
+  instead of U[0, 1]-like noise, one maximisation and the absolute L_k > T alone (kept as T_abs on
+  the margin, beside the ratio).  The rule names at most
   one suspect (the top label), so a model with two target labels is flagged for the stronger one.
 - Budget: 10 noise inputs per label as the official code, 150 + 150 iterations at step 0.02
   (official notebook: 1000 + 1000 at step 0.1, CIFAR-10 / ResNet-50 on a GPU); λ = 0.1 on the
@@ -91,7 +104,7 @@ Deviations:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -103,6 +116,7 @@ from ...triggers import PatchTrigger
 from ...types import Verdict
 
 THRESHOLD = 3.5  # T on the margin ratio; how it was chosen: module docstring
+MARGIN_THRESHOLD = 27.0  # logits: T_abs on the top margin itself (the paper's absolute rule); module docstring
 MARGIN_FLOOR = 1.0  # logits: a runner-up margin below this counts as this
 
 
@@ -112,7 +126,8 @@ class DFTNDEvidence:
 
     logit_increase: torch.Tensor   # (K, K) [k, j]: L_j of eq. 7 under the trigger of label k's maximisation
     margin: torch.Tensor           # (K,) s_k = L_k - max(0, max_{j != k} L_j) in row k
-    ratio: torch.Tensor            # (K,) s_k / max(floor, max_{j != k} s_j): the rule's score per label
+    ratio: torch.Tensor            # (K,) s_k / max(floor, max_{j != k} s_j)
+    score: torch.Tensor            # (K,) max(ratio_k, s_k * T / T_abs): the rule's score per label
     objective: torch.Tensor        # (K,) eq. 6 at the end of each label's maximisation
     mask_l1: torch.Tensor          # (K,) mean ||m_i||_1 of each label's per-input masks
     trigger: PatchTrigger          # the top label's (m, δ), averaged over its noise inputs
@@ -127,7 +142,7 @@ class DFTNDEvidence:
     @property
     def anomaly_indices(self) -> tuple[float, ...]:
         """Per-label score on the threshold's scale (``scan`` plots it against the threshold)."""
-        return tuple(float(a) for a in self.ratio)
+        return tuple(float(a) for a in self.score)
 
     def table(self) -> tuple[list[str], list[list]]:
         rows = [[k, round(float(self.logit_increase[k, k]), 3), round(float(s), 3), round(float(a), 3),
@@ -137,7 +152,7 @@ class DFTNDEvidence:
 
     def to_json(self) -> dict:
         return {"labels": list(self.labels), "logit_increase": self.logit_increase.tolist(),
-                "margin": self.margin.tolist(), "ratio": self.ratio.tolist(),
+                "margin": self.margin.tolist(), "ratio": self.ratio.tolist(), "score": self.score.tolist(),
                 "objective": self.objective.tolist(), "mask_l1": self.mask_l1.tolist(),
                 "trigger_l1": self.trigger.l1(), "top_neurons": list(self.top_neurons),
                 "noise_inputs": self.noise_inputs}
@@ -157,6 +172,7 @@ class DFTND(Detector):
     lam: float = 0.1                # λ: weight of ||m||_1 (per-image mean)
     lam_warmup: float = 0.5         # λ rises linearly from 0 over this fraction of all iterations
     threshold: float = THRESHOLD    # T: flag the top label when its margin exceeds T times the next one
+    margin_threshold: float = MARGIN_THRESHOLD  # T_abs: ... or when its margin exceeds T_abs logits
     mask_init: float = 0.1          # initial m (δ starts uniform random)
 
     def __post_init__(self) -> None:
@@ -170,7 +186,13 @@ class DFTND(Detector):
         positive(name, "lam", self.lam, allow_zero=True)
         in_range(name, "lam_warmup", self.lam_warmup, 0.0, 1.0)
         positive(name, "threshold", self.threshold)
+        positive(name, "margin_threshold", self.margin_threshold)
         in_range(name, "mask_init", self.mask_init, 0.0, 1.0)
+
+    def with_threshold(self, threshold: float) -> "DFTND":
+        """A copy whose verdict is ``score > threshold`` with unchanged scores: T and T_abs scale together
+        (``defenses.detect.calibrate``)."""
+        return replace(self, threshold=threshold, margin_threshold=self.margin_threshold * threshold / self.threshold)
 
     def detect(self, model: torch.nn.Module, clean=None, *, generator: torch.Generator | None = None,
                progress: Progress = None) -> Verdict:
@@ -190,18 +212,18 @@ class DFTND(Detector):
                 x_hat = (1 - m) * X + m * d
                 increase = (model(x_hat).view(K, N, K) - model(x)).mean(1).cpu()   # eq. 7 per label k
         margin = increase.diagonal() - _other_max(increase).clamp_min(0)
-        ratio, flagged = ratio_rule(margin, self.threshold)
-        top = int(ratio.argmax())
+        ratio, score, flagged = ratio_rule(margin, self.threshold, self.margin_threshold)
+        top = int(score.argmax())
         rows = slice(top * N, (top + 1) * N)
         w_top = w[top].cpu()
         evidence = DFTNDEvidence(
-            logit_increase=increase, margin=margin, ratio=ratio, objective=objective.cpu(),
+            logit_increase=increase, margin=margin, ratio=ratio, score=score, objective=objective.cpu(),
             mask_l1=m.flatten(1).sum(1).view(K, N).mean(1).cpu(),
             trigger=PatchTrigger(mask=m[rows].mean(0).cpu(), pattern=d[rows].mean(0).cpu()),
             neuron_weights=w_top,
             top_neurons=tuple(int(i) for i in torch.argsort(w_top, descending=True)[:5]),
             noise_inputs=N)
-        return Verdict(backdoored=bool(flagged), score=float(ratio[top]), threshold=float(self.threshold),
+        return Verdict(backdoored=bool(flagged), score=float(score[top]), threshold=float(self.threshold),
                        suspects=tuple(flagged), evidence=evidence)
 
     # ---- steps ---------------------------------------------------------------------------------
@@ -266,15 +288,19 @@ def _other_max(increase: torch.Tensor) -> torch.Tensor:
     return increase.masked_fill(torch.eye(K, dtype=torch.bool), float("-inf")).amax(1)
 
 
-def ratio_rule(margin: torch.Tensor, threshold: float,
-               floor: float = MARGIN_FLOOR) -> tuple[torch.Tensor, list[int]]:
-    """(per-label ratios, flagged labels): label k's margin over the largest other label's margin
-    (margins below ``floor`` logits count as ``floor``); only the top label can exceed 1, and it is
-    flagged when its ratio exceeds ``threshold``."""
+def ratio_rule(margin: torch.Tensor, threshold: float, margin_threshold: float = float("inf"),
+               floor: float = MARGIN_FLOOR) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(per-label ratios, per-label scores, flagged labels).  Ratio: label k's margin over the largest
+    other label's margin (margins below ``floor`` logits count as ``floor``); only the top label can
+    exceed 1.  Score: max(ratio_k, margin_k * threshold / margin_threshold), so that score > threshold
+    exactly when the ratio exceeds ``threshold`` or the margin exceeds ``margin_threshold`` logits.
+    Both terms grow with the margin, so the top-scoring label is the top-margin label; it alone is
+    flagged, when its score exceeds ``threshold``."""
     others = _other_max(margin.unsqueeze(0).expand(len(margin), -1))
     ratio = (margin / others.clamp_min(floor)).to(torch.float64)
-    top = int(ratio.argmax())
-    return ratio, ([top] if float(ratio[top]) > threshold else [])
+    score = torch.maximum(ratio, margin.to(torch.float64) * (threshold / margin_threshold))
+    top = int(score.argmax())
+    return ratio, score, ([top] if float(score[top]) > threshold else [])
 
 
 def _project_simplex(v: torch.Tensor) -> torch.Tensor:
