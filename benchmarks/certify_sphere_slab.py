@@ -19,6 +19,7 @@ from backdoorlab.certify.sphere_slab import SphereSlabBound, feasible_set, hinge
 from backdoorlab.data import load_dataset  # noqa: E402
 
 EPS = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3]
+QUANTILE = 0.7   # sphere and slab radii: this percentile of the clean distances
 
 
 def pair(ds):
@@ -26,14 +27,28 @@ def pair(ds):
     return ds.x[s].flatten(1).double(), torch.where(ds.y[s] == 7, 1.0, -1.0).double()
 
 
-def _one(task):
-    """One eps: Algorithm 1, the attack through the sanitizer(s) and the learner; (row, summary, below)."""
-    eps, iterations, rho, dataset, data_dependent = task
-    threads()
+_DATA: dict = {}   # this process's data and oracle F (set by _init)
+
+
+def _load(dataset: str) -> dict:
+    """The 1-vs-7 train / test pairs and the oracle F fitted on the clean training data (once per run:
+    they do not depend on eps)."""
     x, y = pair(load_dataset(dataset, "train", DATA))
     xt, yt = pair(load_dataset(dataset, "test", DATA))
-    b = SphereSlabBound(rho=rho, eta=0.05, iterations=iterations, quantile=0.7)
-    fs = feasible_set(x, y, b.quantile)
+    return {"x": x, "y": y, "xt": xt, "yt": yt, "fs": feasible_set(x, y, QUANTILE)}
+
+
+def _init(data: dict) -> None:
+    """Process initializer: the data and F loaded by the parent (sent once per worker, not per eps)."""
+    threads()
+    _DATA.update(data)
+
+
+def _one(task):
+    """One eps: Algorithm 1, the attack through the sanitizer(s) and the learner; (row, summary, below)."""
+    eps, iterations, rho, data_dependent = task
+    x, y, xt, yt, fs = (_DATA[k] for k in ("x", "y", "xt", "yt", "fs"))
+    b = SphereSlabBound(rho=rho, eta=0.05, iterations=iterations, quantile=QUANTILE)
     t0 = time.perf_counter()
     bound = b.certify(x, y, eps, fs=fs)
     r = b.attack_through_defense(x, y, bound, fs)
@@ -66,14 +81,18 @@ def main() -> None:
     threads()
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:   # one eps per worker process, 1 thread each
-        results = list(pool.map(_one, [(eps, args.iterations, args.rho, args.dataset, args.data_dependent)
-                                       for eps in EPS]))
+    data = _load(args.dataset)
+    tasks = [(eps, args.iterations, args.rho, args.data_dependent) for eps in EPS]
+    if args.jobs == 1:
+        _init(data)
+        results = [_one(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs, initializer=_init, initargs=(data,)) as pool:
+            results = list(pool.map(_one, tasks))   # one eps per worker process, 1 thread each
     rows = [row for row, _, _ in results]
     summary = [summ for _, summ, _ in results]
     always_below = all(ok for _, _, ok in results)
-    x, y = pair(load_dataset(args.dataset, "train", DATA))
-    xt, yt = pair(load_dataset(args.dataset, "test", DATA))
+    y, yt = data["y"], data["yt"]
     lines = header(f"Sphere + slab certified bounds on {args.dataset} 1-vs-7 (issue 9)",
                    f".venv/bin/python benchmarks/certify_sphere_slab.py --iterations {args.iterations} --rho {args.rho} "
                    f"--dataset {args.dataset} --jobs {args.jobs}" + (" --data-dependent" if args.data_dependent else ""))
