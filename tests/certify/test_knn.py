@@ -166,3 +166,37 @@ def test_rnn_joint_curve_by_hand():
     assert all(curve[e] >= individual[e] - 1e-6 for e in individual)   # float32 accuracies
     ins = dict(rnn_joint_curve(cert, x, y, 1.0, [3, 4], unit="insert-delete"))
     assert ins == {3: pytest.approx(2 / 3), 4: pytest.approx(1 / 3)}
+
+
+def test_one_shared_distance_pass_equals_separate_certifiers():
+    """neighbour_votes: every k and r from one distance pass (small batches) gives exactly the votes of
+    the definition and the certificates / certified accuracies of one certify() call per certifier."""
+    from backdoorlab.certify.knn import neighbour_votes, pairwise_distances, rnn_joint_curve
+
+    g = torch.Generator().manual_seed(5)
+    tx = torch.randint(0, 21, (150, 4), generator=g).float()   # integer coordinates: exact distances
+    ty = torch.randint(0, C, (150,), generator=g)
+    x = torch.randint(0, 21, (23, 4), generator=g).float()
+    y = torch.randint(0, C, (23,), generator=g)
+    ks, rs = [1, 5, 20, 60], [4.0, 7.5, 12.0]
+    knn, rnn = neighbour_votes(tx, ty, x, ks=ks, rs=rs, num_classes=C, batch_size=4)
+    d2 = ((x[:, None] - tx[None]) ** 2).sum(-1)
+    order = torch.argsort(d2, dim=1, stable=True)             # (distance, training index) order
+    sizes = range(0, 32)
+    for k in ks:
+        expected = torch.stack([torch.bincount(ty[row[:k]], minlength=C) for row in order])
+        assert torch.equal(knn[k], expected)
+        shared, alone = CertifiedKNN.from_votes(knn[k]), CertifiedKNN(k=k).certify(tx, ty, x, num_classes=C)
+        assert torch.equal(shared.prediction, alone.prediction) and torch.equal(shared.tolerance, alone.tolerance)
+        assert shared.curve(y, sizes) == alone.curve(y, sizes)
+    dists = pairwise_distances(x)
+    for r in rs:
+        assert torch.equal(rnn[r], torch.stack([torch.bincount(ty[row <= r * r], minlength=C) for row in d2]))
+        for unit in ("operations", "insert-delete"):
+            shared = CertifiedRNN(r=r, unit=unit).from_votes(rnn[r])
+            alone = CertifiedRNN(r=r, unit=unit).certify(tx, ty, x, num_classes=C)
+            assert torch.equal(shared.prediction, alone.prediction) and torch.equal(shared.tolerance, alone.tolerance)
+            assert shared.curve(y, sizes) == alone.curve(y, sizes)
+            assert rnn_joint_curve(shared, x, y, r, sizes, unit, dists=dists) == rnn_joint_curve(alone, x, y, r, sizes, unit)
+    with pytest.raises(ValueError, match="rnn_joint_curve dists"):
+        rnn_joint_curve(shared, x, y, 4.0, sizes, dists=dists[:3])

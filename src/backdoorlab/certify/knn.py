@@ -18,7 +18,8 @@ labels, backdoor triggers included); the test input is fixed.
 Deviations: raw pixels as features by default (the paper's feature space was not verified here; any map
 the attacker cannot influence, e.g. an encoder trained on other clean data, keeps the certificate valid); distance ties at the k-th neighbour are broken
 by training index among the k + 16 closest; rNN abstains (-1, not certified) on an empty ball.
-Distances are one matrix product per test batch against the whole training set.
+Distances are one matrix product per test batch against the whole training set; ``neighbour_votes``
+derives every k and r asked for from that one pass (several certifiers over the same inputs share it).
 """
 from __future__ import annotations
 
@@ -76,6 +77,48 @@ def _sq_dists(xb: torch.Tensor, train: torch.Tensor, train_sq: torch.Tensor) -> 
     return (xb.pow(2).sum(1, keepdim=True) + train_sq[None] - 2 * xb @ train.T).clamp_min_(0)
 
 
+def neighbour_votes(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, *, ks=(), rs=(),
+                    num_classes: int | None = None, batch_size: int = 256,
+                    progress: Progress = None) -> tuple[dict[int, torch.Tensor], dict[float, torch.Tensor]]:
+    """Per-class vote counts (N, K) of the k nearest training points for every k in ``ks`` and of the
+    radius-r ball for every r in ``rs``, from ONE pass of distances (one matrix product per batch of
+    ``batch_size`` inputs): several certifiers over the same features and inputs share it.  Returns
+    ``({k: votes}, {r: votes})``; ``CertifiedKNN.from_votes`` / ``CertifiedRNN.from_votes`` turn the
+    votes into certificates (equal to their ``certify`` at the same ``batch_size``).  The k nearest
+    under the (distance, index) order are a prefix of the max(ks) nearest, so one ranking serves every k."""
+    owner = "CertifiedKNN" if ks else "CertifiedRNN"
+    tx, ty, num_classes = _prepare(train_x, train_y, num_classes, owner)
+    ks = sorted({int(k) for k in ks})
+    rs = sorted({float(r) for r in rs})
+    if ks and (ks[0] < 1 or ks[-1] > len(tx)):
+        raise ValueError(f"CertifiedKNN.k must be in 1..{len(tx)} (the training-set size); got {ks}.")
+    if rs and rs[0] <= 0:
+        raise ValueError(f"CertifiedRNN.r must be > 0 (a ball radius); got {rs}.")
+    kmax = ks[-1] if ks else 0
+    tsq = tx.pow(2).sum(1)
+    onehot = torch.nn.functional.one_hot(ty, num_classes).to(tx.dtype) if rs else None
+    xf = x.flatten(1).float().cpu()
+    knn = {k: torch.zeros(len(xf), num_classes, dtype=torch.long) for k in ks}
+    rnn = {r: torch.zeros(len(xf), num_classes, dtype=torch.long) for r in rs}
+    extra = min(16, len(tx) - kmax)
+    for i in range(0, len(xf), batch_size):
+        d = _sq_dists(xf[i:i + batch_size], tx, tsq)
+        if ks:
+            dist, idx = d.topk(kmax + extra, dim=1, largest=False, sorted=True)
+            # deterministic ties: order by (distance, index) among the kmax + extra closest
+            order = torch.argsort(idx, dim=1)
+            dist_o, idx_o = dist.gather(1, order), idx.gather(1, order)
+            ranked = ty[idx_o.gather(1, torch.argsort(dist_o, dim=1, stable=True)[:, :kmax])]
+            for k in ks:
+                knn[k][i:i + len(d)] = torch.zeros(len(d), num_classes, dtype=torch.long).scatter_add_(
+                    1, ranked[:, :k], torch.ones_like(ranked[:, :k]))
+        for r in rs:
+            rnn[r][i:i + len(d)] = ((d <= r ** 2).to(tx.dtype) @ onehot).round().long()
+        if progress is not None:
+            progress(min(i + batch_size, len(xf)), len(xf))
+    return knn, rnn
+
+
 @dataclass(frozen=True, kw_only=True)
 class CertifiedKNN(Certifier):
     """k = number of neighbours (the paper's k); batch_size = test inputs per distance batch."""
@@ -95,32 +138,15 @@ class CertifiedKNN(Certifier):
                      num_classes: int | None = None, progress: Progress = None) -> dict[int, PoisoningCertificate]:
         """Certificates for several k from one neighbour ranking (each equals ``CertifiedKNN(k=k).certify``:
         the k nearest under the (distance, index) order are a prefix of the max(ks) nearest)."""
-        tx, ty, num_classes = _prepare(train_x, train_y, num_classes, "CertifiedKNN")
-        ks = sorted({int(k) for k in ks})
-        kmax = ks[-1]
-        if ks[0] < 1 or kmax > len(tx):
-            raise ValueError(f"CertifiedKNN.k must be in 1..{len(tx)} (the training-set size); got {ks}.")
-        tsq = tx.pow(2).sum(1)
-        xf = x.flatten(1).float().cpu()
-        votes = {k: torch.zeros(len(xf), num_classes, dtype=torch.long) for k in ks}
-        extra = min(16, len(tx) - kmax)
-        for i in range(0, len(xf), self.batch_size):
-            d = _sq_dists(xf[i:i + self.batch_size], tx, tsq)
-            dist, idx = d.topk(kmax + extra, dim=1, largest=False, sorted=True)
-            # deterministic ties: order by (distance, index) among the kmax + extra closest
-            order = torch.argsort(idx, dim=1)
-            dist_o, idx_o = dist.gather(1, order), idx.gather(1, order)
-            ranked = ty[idx_o.gather(1, torch.argsort(dist_o, dim=1, stable=True)[:, :kmax])]
-            for k in ks:
-                votes[k][i:i + len(d)] = torch.zeros(len(d), num_classes, dtype=torch.long).scatter_add_(
-                    1, ranked[:, :k], torch.ones_like(ranked[:, :k]))
-            if progress is not None:
-                progress(min(i + self.batch_size, len(xf)), len(xf))
-        out = {}
-        for k in ks:
-            pred, tol = vote_tolerance(votes[k], 2)
-            out[k] = PoisoningCertificate(pred, tol, votes[k], "operations (insert/delete/modify one sample)")
-        return out
+        knn, _ = neighbour_votes(train_x, train_y, x, ks=ks, num_classes=num_classes,
+                                 batch_size=self.batch_size, progress=progress)
+        return {k: self.from_votes(v) for k, v in knn.items()}
+
+    @staticmethod
+    def from_votes(votes: torch.Tensor) -> PoisoningCertificate:
+        """The certificate of the k nearest neighbours' (N, K) vote counts (from ``neighbour_votes``)."""
+        pred, tol = vote_tolerance(votes, 2)
+        return PoisoningCertificate(pred, tol, votes, "operations (insert/delete/modify one sample)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,16 +165,13 @@ class CertifiedRNN(Certifier):
 
     def certify(self, train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, *,
                 num_classes: int | None = None, progress: Progress = None) -> PoisoningCertificate:
-        tx, ty, num_classes = _prepare(train_x, train_y, num_classes, "CertifiedRNN")
-        tsq = tx.pow(2).sum(1)
-        onehot = torch.nn.functional.one_hot(ty, num_classes).to(tx.dtype)
-        xf = x.flatten(1).float().cpu()
-        votes = torch.zeros(len(xf), num_classes, dtype=torch.long)
-        for i in range(0, len(xf), self.batch_size):
-            inside = (_sq_dists(xf[i:i + self.batch_size], tx, tsq) <= self.r ** 2).to(tx.dtype)
-            votes[i:i + len(inside)] = (inside @ onehot).round().long()
-            if progress is not None:
-                progress(min(i + self.batch_size, len(xf)), len(xf))
+        _, rnn = neighbour_votes(train_x, train_y, x, rs=[self.r], num_classes=num_classes,
+                                 batch_size=self.batch_size, progress=progress)
+        return self.from_votes(rnn[float(self.r)])
+
+    def from_votes(self, votes: torch.Tensor) -> PoisoningCertificate:
+        """The certificate (in ``self.unit``) of the radius-r ball's (N, K) vote counts (from
+        ``neighbour_votes``; ``self.r`` is not used: the votes carry the radius)."""
         pred, tol = vote_tolerance(votes, 2 if self.unit == "operations" else 1)
         empty = votes.sum(1) == 0
         s_a = votes.gather(1, pred[:, None]).squeeze(1)
@@ -161,7 +184,7 @@ class CertifiedRNN(Certifier):
 
 
 def rnn_joint_curve(cert: PoisoningCertificate, x: torch.Tensor, y: torch.Tensor, r: float, sizes,
-                    unit: str = "operations") -> list[tuple[int, float]]:
+                    unit: str = "operations", *, dists: torch.Tensor | None = None) -> list[tuple[int, float]]:
     """Joint (group) certificate of rNN (Jia et al.'s idea, our sound simple form): a lower bound on
     the fraction of ``x`` that stay correct *simultaneously* under e poisoning operations.
 
@@ -171,7 +194,9 @@ def rnn_joint_curve(cert: PoisoningCertificate, x: torch.Tensor, y: torch.Tensor
     vote of one input and a modification two (one per input at most), so e operations move at most
     2e votes in a group ("operations"; e with unit "insert-delete").  Flipping input i costs
     need_i = min(min_b (s_a - s_b + 1[b > a]), s_a) votes (s_a deletions empty the ball: abstain);
-    the attacker flips at most the cheapest correct inputs whose needs fit the budget, per group."""
+    the attacker flips at most the cheapest correct inputs whose needs fit the budget, per group.
+    ``dists``: the inputs' pairwise distances ``pairwise_distances(x)``, to share one matrix among calls
+    (several r and units over the same ``x``); computed here when None."""
     votes = cert.votes.long()
     pred = cert.prediction
     correct = (pred == y) & (pred != ABSTAIN)
@@ -182,10 +207,14 @@ def rnn_joint_curve(cert: PoisoningCertificate, x: torch.Tensor, y: torch.Tensor
     need = (s_a[:, None] - votes + bonus)
     need.scatter_(1, a[:, None], torch.full_like(s_a[:, None], 2**40))
     need = torch.minimum(need.amin(1), s_a)
-    xf = x.flatten(1).double()
-    close = torch.cdist(xf, xf) <= 2 * r
-    colour = torch.full((len(xf),), -1, dtype=torch.long)
-    for i in range(len(xf)):                                   # greedy colouring, index order
+    if dists is None:
+        dists = pairwise_distances(x)
+    if dists.shape != (len(x), len(x)):
+        raise ValueError(f"rnn_joint_curve dists must be pairwise_distances(x), shape {(len(x), len(x))}; "
+                         f"got {tuple(dists.shape)}.")
+    close = dists <= 2 * r
+    colour = torch.full((len(x),), -1, dtype=torch.long)
+    for i in range(len(x)):                                    # greedy colouring, index order
         used = set(colour[close[i] & (colour >= 0)].tolist())
         c = 0
         while c in used:
@@ -198,8 +227,14 @@ def rnn_joint_curve(cert: PoisoningCertificate, x: torch.Tensor, y: torch.Tensor
         for c in range(int(colour.max()) + 1):
             costs = need[(colour == c) & correct].sort().values
             flipped += int((costs.cumsum(0) <= per * int(e)).sum())
-        out.append((int(e), float((int(correct.sum()) - flipped) / len(xf))))
+        out.append((int(e), float((int(correct.sum()) - flipped) / len(x))))
     return out
+
+
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """Pairwise L2 distances (N, N) of the inputs (float64), as ``rnn_joint_curve`` uses them."""
+    xf = x.flatten(1).double()
+    return torch.cdist(xf, xf)
 
 
 def _prepare(train_x, train_y, num_classes, owner):
@@ -213,4 +248,5 @@ def _prepare(train_x, train_y, num_classes, owner):
     return train_x.flatten(1).float().cpu(), ty, k
 
 
-__all__ = ["CertifiedKNN", "CertifiedRNN", "PoisoningCertificate", "vote_tolerance", "rnn_joint_curve", "ABSTAIN"]
+__all__ = ["CertifiedKNN", "CertifiedRNN", "PoisoningCertificate", "vote_tolerance", "neighbour_votes",
+           "rnn_joint_curve", "pairwise_distances", "ABSTAIN"]
