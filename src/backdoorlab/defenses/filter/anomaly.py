@@ -44,7 +44,6 @@ Deviations:
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 from ..._torch import device_of, eval_mode
 from ..._validation import check_images, in_range, one_of, positive
 from ...roles import InputFilter
+from ._cache import ModelCache
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +82,7 @@ class AnomalyFilter(InputFilter):
     min_leaf: int = 5
     n_trees: int = 5
     seed: int = 0
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cache: ModelCache = field(default_factory=ModelCache, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         one_of("AnomalyFilter", "space", self.space, {"blocks", "input", "features", "both"})
@@ -103,12 +103,7 @@ class AnomalyFilter(InputFilter):
         if len(clean_pool) < 2 or clean_pool.shape[1:] != x.shape[1:]:
             raise ValueError(f"AnomalyFilter clean_pool must hold at least 2 images of shape "
                              f"{tuple(x.shape[1:])}; got {tuple(clean_pool.shape)!r}.")
-        hit = self._cache.get("entry")
-        if hit is not None and hit[0]() is model and hit[1] is clean_pool:
-            trees = hit[2]
-        else:
-            trees = self.fit_trees(model, clean_pool)
-            self._cache["entry"] = (weakref.ref(model), clean_pool, trees)
+        trees = self._cache.get(model, clean_pool, lambda: self.fit_trees(model, clean_pool))
         feats = self.describe(model, x)
         proba = np.mean([leaf_probability(t, feats) for t in trees], axis=0)
         return torch.as_tensor(proba, dtype=torch.float32, device=x.device)

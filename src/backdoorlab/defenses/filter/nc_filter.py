@@ -19,7 +19,6 @@ Deviations:
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +29,7 @@ from ...roles import InputFilter
 from ...triggers import PatchTrigger
 from ...types import Verdict
 from ..detect.neural_cleanse import NeuralCleanse, reversed_trigger
+from ._cache import ModelCache
 
 
 @torch.no_grad()
@@ -59,7 +59,7 @@ class NCFilter(InputFilter):
     top_fraction: float = 0.01
     detector: NeuralCleanse = field(default_factory=NeuralCleanse)
     seed: int = 0
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cache: ModelCache = field(default_factory=ModelCache, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         in_range("NCFilter", "top_fraction", self.top_fraction, 0.0, 1.0, lo_open=True)
@@ -89,11 +89,6 @@ class NCFilter(InputFilter):
         return penultimate(model, x)[:, top.to(x.device)].mean(1)                       # step 3
 
     def _reversed(self, model: torch.nn.Module, clean_pool: torch.Tensor) -> PatchTrigger:
-        # Cached per (model, pool) by identity: the cache holds a weak reference to the model and the
-        # pool tensor itself, so a freed object whose id or address is reused can never hit it.
-        hit = self._cache.get("entry")
-        if hit is not None and hit[0]() is model and hit[1] is clean_pool:
-            return hit[2]
-        r = reversed_trigger(self.detector, model, clean_pool, generator=new_generator(self.seed))
-        self._cache["entry"] = (weakref.ref(model), clean_pool, r["trigger"])
-        return r["trigger"]
+        # Cached per (model, pool) by identity (see ModelCache).
+        return self._cache.get(model, clean_pool, lambda: reversed_trigger(
+            self.detector, model, clean_pool, generator=new_generator(self.seed))["trigger"])
