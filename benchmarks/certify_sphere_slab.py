@@ -98,7 +98,8 @@ def main() -> None:
                    f"--dataset {args.dataset} --jobs {args.jobs}" + (" --data-dependent" if args.data_dependent else ""))
     lines += [f"Linear SVM (hinge, bias, ||theta|| <= {args.rho}) on {len(y)} {args.dataset} training images of 1 (-1) and 7 (+1), "
               f"{len(yt)} test images; oracle sphere + slab at the 70th percentile of the clean distances; Algorithm 1 "
-              f"with T = {args.iterations}, eta = 0.05 (one worker process per eps); the candidate attack = eps * n points from the later iterates.  "
+              f"with T = {args.iterations}, eta = 0.05 (one worker process per eps); the candidate attack = floor(eps * n) points from the later iterates (the most U* at eps covers: a "
+              f"rounded-up count would weigh more than eps).  "
               f"The learner is the same dual averaging on the sanitized data (4T iterations at eta 0.2, best iterate).", "",
               "Paper (qualitative, Figure 2): MNIST-1-7 is resilient — the upper bound stays low as eps grows to 0.3 — "
               "while IMDB goes from 12% to 23% test error with 3% poison (per-eps values not retrieved).", ""]

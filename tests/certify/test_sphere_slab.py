@@ -6,7 +6,8 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from backdoorlab.certify.sphere_slab import FeasibleSet, SphereSlabBound, feasible_set, hinge, sanitize, worst_point
+from backdoorlab.certify.sphere_slab import (FeasibleSet, SphereSlabBound, feasible_set, hinge, poison_budget, sanitize,
+                                             worst_point)
 
 
 def _generic(w, y, fs):
@@ -67,7 +68,7 @@ def test_upper_bound_dominates_the_candidate_attack_on_every_eps(digits):
         bound = b.certify(x, y, eps, fs=fs)
         traj = bound.trajectory
         assert bool((traj[1:] <= traj[:-1]).all())                 # U* is non-increasing
-        assert len(bound.attack_y) == round(eps * len(y))
+        assert len(bound.attack_y) == poison_budget(eps, len(y))
         assert bool(fs.contains(bound.attack_x, bound.attack_y).all())  # every poison passes the oracle F
         r = b.attack_through_defense(x, y, bound, fs)
         assert r["poison_kept"] == r["poison_total"]
@@ -80,6 +81,56 @@ def test_upper_bound_dominates_the_candidate_attack_on_every_eps(digits):
         rc = b.attack_through_defense(x, y, bound, fs, keep_clean=True)
         assert rc["clean_removed"] == 0 and rc["poison_kept"] == rc["poison_total"]
         assert r["achieved_objective"] - 1e-9 <= rc["achieved_objective"] <= bound.upper + 1e-9
+
+
+def _svm_interval(x, y, weight, rho):
+    """[lower, upper] around min_{||theta|| <= rho} sum_i weight_i hinge_i(theta), theta = (w, b), independent of the
+    library's learner: the dual max_{0 <= a <= weight} sum a - rho ||sum a_i y_i (x_i, 1)|| (any feasible a is a
+    lower bound), solved by L-BFGS-B; the primal at theta = rho g / ||g|| is an upper bound."""
+    A = (y[:, None] * torch.cat([x, torch.ones(len(y), 1, dtype=torch.float64)], 1)).numpy()
+    wn = weight.numpy()
+
+    def negdual(a):
+        g = A.T @ a
+        gn = np.linalg.norm(g)
+        return -(a.sum() - rho * gn), -(1.0 - rho * (A @ g) / gn)
+
+    res = minimize(negdual, wn / 2, jac=True, method="L-BFGS-B", bounds=[(0.0, wi) for wi in wn],
+                   options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12})
+    a = np.clip(res.x, 0.0, wn)
+    g = A.T @ a
+    lower = a.sum() - rho * np.linalg.norm(g)
+    upper = float(np.maximum(0.0, 1.0 - A @ (rho * g / np.linalg.norm(g))) @ wn)
+    return lower, upper
+
+
+def test_poison_budget_is_the_floor_of_eps_n():
+    assert poison_budget(0.01, 252) == 2            # 2.52 points: a third one would weigh 3/252 > eps
+    assert poison_budget(0.05, 252) == 12           # 12.6
+    assert poison_budget(0.29, 100) == 29           # 0.29 * 100 = 28.999... in floats
+    assert poison_budget(0.1, 13007) == 1300        # MNIST-1-7: 1300.7
+    assert poison_budget(0.0, 252) == 0
+
+
+def test_candidate_attack_is_within_what_U_star_bounds_on_digits(digits):
+    """The finding: at eps = 0.01 on digits 1-vs-7 (n = 252, eps n = 2.52) the attack had round(2.52) = 3 points,
+    weight 3/252 > eps, and its exact objective (0.019766) exceeded U* (0.019503).  The attack must stay within
+    floor(eps n) points; then the exact minimum of the attacked training objective (solved here independently of
+    the library's learner) is below U*, and so is the learner's objective."""
+    x, y = _digits_1_7(digits)
+    n = len(y)
+    b = SphereSlabBound(rho=2.0, eta=0.05, iterations=600)
+    fs = feasible_set(x, y, 0.7)
+    for eps in (0.01, 0.3):
+        bound = b.certify(x, y, eps, fs=fs)
+        m = len(bound.attack_y)
+        ax, ay = torch.cat([x, bound.attack_x]), torch.cat([y, bound.attack_y])
+        lower, upper = _svm_interval(ax, ay, torch.full((n + m,), 1.0 / n, dtype=torch.float64), b.rho)
+        assert upper - lower < 1e-6                                   # the independent solve is exact
+        assert lower <= bound.upper + 1e-9                            # U* dominates the attack's true minimum
+        assert m == poison_budget(eps, n) and m / n <= eps
+        r = b.attack_through_defense(x, y, bound, fs, keep_clean=True)
+        assert lower - 1e-9 <= r["achieved_objective"] <= bound.upper + 1e-9
 
 
 def test_sanitizer_oracle_and_data_dependent(digits):
