@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import SHARED_DATA, md_table, write_result  # noqa: E402
 from population import EPOCHS, POPULATIONS, cached_verdict, calibration, population  # noqa: E402
 from backdoorlab.defenses.detect.combined import RULES  # noqa: E402
+from backdoorlab.defenses.detect.df_tnd import MARGIN_THRESHOLD  # noqa: E402
 
 DETECTOR_NAMES = ("neural-cleanse", "dl-tnd", "df-tnd")
 CALIBRATED = ("dl-tnd", "df-tnd")   # shown again with T = the largest score of the clean reference models
@@ -123,6 +124,12 @@ def _failures(inf, cln, t_cal, calib) -> str:
                      f"({'below' if t_cal < 0.75 else 'above'} the official T = 0.75), the evaluation's clean models "
                      f"at most {top:.3f}" + (": clean DL-TND scores spread wider than the calibration models show."
                                               if top > t_cal else "."))
+    for name in ("dl-tnd", "df-tnd"):
+        for r in inf:
+            v = r["raw"].get(name)
+            if v is not None and v["backdoored"] and v["suspects"][0] != r["target"]:
+                lines.append(f"- {name.upper()} flags {r['name']} at label {v['suspects'][0]}, not its "
+                             f"target {r['target']}: counted as detected, not as a right target.")
     for r in inf + cln:     # DF-TND: per-label margins s_k read in each label's own maximisation
         v = r["raw"].get("df-tnd")
         if v is None or v["backdoored"] == r["infected"] or "margin" not in (v["evidence"] or {}):
@@ -131,8 +138,10 @@ def _failures(inf, cln, t_cal, calib) -> str:
         k1, k2 = sorted(range(len(s)), key=lambda k: -s[k])[:2]
         what = (f"misses {r['name']}: at the true target s = {s[r['target']]:.1f} logits;" if r["infected"]
                 else f"flags clean {r['name']}:")
+        ratio = v["evidence"].get("ratio", [v["score"]] * len(s))[k1]
         lines.append(f"- DF-TND {what} the two largest margins are label {k1} ({s[k1]:.1f}) and label {k2} "
-                     f"({s[k2]:.1f}), ratio {v['score']:.2f} vs T = {v['threshold']:.1f}.")
+                     f"({s[k2]:.1f}): ratio {ratio:.2f}, score {v['score']:.2f} vs T = {v['threshold']:.1f} "
+                     f"(the margin alone counts above {MARGIN_THRESHOLD:g} logits).")
     return "\n".join(lines) or "none"
 
 
@@ -146,16 +155,18 @@ def _population_text(which: str) -> str:
             "scanned: a blind test of those rules. ")
 
 
-def _calibration_text(calib: dict, t_cal: dict) -> str:
+def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
     if not t_cal:
         return ""
+    blind = ("The thresholds were fixed before this population was trained: a blind test." if which != "a" else
+             "The rule (largest reference score) was fixed in the previous session with 4 references; the 8 more "
+             "were trained after the evaluation scores had been seen, so this is not a blind test "
+             "(population b, `results/detectors_b.md`, is).")
     n_ref = len(next(iter(calib.values())))
     lines = [f"`(T calibrated)` rows: the detector's threshold T set to the largest score among {n_ref} clean reference "
              "models (`calib-s0..`, the population's recipe with other seeds; never the evaluation models) - what "
              "`backdoorlab scan --reference ...` (`defenses.detect.calibrate`) does, with the same inputs and seed. "
-             "The rule (largest reference score) was fixed in the previous session with 4 references; the 8 more "
-             "were trained after the evaluation scores had been seen, so this is not a blind test. The combined "
-             "rules use the default detectors."]
+             + blind + " The combined rules use the default detectors."]
     for n, vs in calib.items():
         lines.append(f"- {n}: T = {t_cal[n]:.4f} (preset {vs[0]['threshold']:g}); reference scores "
                      + ", ".join(f"{c['score']:.3f}" for c in vs))
@@ -226,8 +237,11 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "lead = the data-richest detector decides (NC here); agree = at least 2 detectors name the same "
         "label; vote = at least 2 of 3 flag; any / all.",
         md_table(["detector", "detection rate", "false positives", "target accuracy", "AUROC", "s / model"], rows),
-        _calibration_text(calib, t_cal),
-        "### Acceptance (issue 7)\n\n" + "\n".join(accept),
+        _calibration_text(calib, t_cal, which),
+        "### Acceptance (issue 7)\n\n" + "\n".join(accept) + (
+            "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "
+            "T were trained, after this population's results had been seen. Population b (same members, fresh seeds, "
+            "`results/detectors_b.md`) is the blind test of both." if which == "a" else ""),
         "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal.get("dl-tnd"), calib.get("dl-tnd", ())),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",

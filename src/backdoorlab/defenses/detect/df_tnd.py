@@ -74,6 +74,13 @@ failures were seen, so the evaluation population no longer tests it blind; a sec
 with fresh seeds (``benchmarks/population.py --population b``) was trained after T_abs was fixed
 and is its blind test (``benchmarks/results/detectors_b.md``).  The score is
 max(ratio, s_k* T / T_abs), so "score > T" is the whole rule and ``calibrate`` scales both.
+Result: evaluation population 8/10 detected, 1/10 clean flagged (7/10 without T_abs); the blind
+population b 7/10 (6 at the right target), 0/10 - the issue's 80% is NOT reached blind.  Its misses
+are the two blends and a single pixel whose maximisations raise the target by 2.4-8.9 logits while a
+clean attractor label reaches 3.7-4.4.  Tried on the development models and the 12 calib-s0..11
+references, each with T and T_abs re-derived by the recipe: a 2.7x budget (400 + 400 iterations) and
+3x the noise inputs (30) - neither separated the working backdoors from the clean models better
+than the default (``runs/dfprobe.py``).
 
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
