@@ -61,9 +61,42 @@ def test_revisit_pass_hand_built_rounds():
         # label 2: no successful round: round 0 is scored
         [(0.0, t([0.2, 0.4, 0.6, 0.8, 1.0]))],
     ]
-    sim, chosen = det._scores(rounds, [1, 2, None])
+    sim, index = det._scores(rounds, [1, 2, None])
     assert sim.tolist() == pytest.approx([0.9, 0.4, 0.4])
-    assert torch.equal(chosen[0], rounds[0][0][1]) and torch.equal(chosen[1], rounds[1][2][1])
+    assert index == [0, 2, 0]          # label 0: the revisited round 0; label 1: its best round; label 2: round 0
+
+
+def test_evidence_is_the_scoring_rounds(clean_model, digits, monkeypatch):
+    """When the revisit pass scores a label from another round than its smallest-area success, every
+    evidence field (cosines, trigger, area, c, universal success) is that round's."""
+    from backdoorlab.defenses.detect.dl_tnd import _Round
+
+    train, _ = digits
+    t, z = torch.tensor, torch.zeros
+
+    def rnd(area, cos, c, hit, ok, fill):
+        return _Round(area, t(cos), torch.full((1, 8, 8), fill), z(1, 8, 8), c, hit, ok)
+
+    rounds = [
+        # label 0: best = round 1 (area 4), but round 0 (area 0, q25 0.9 > median 0.5) is revisited
+        [rnd(0.0, [0.9] * 5, 0.01, 0.0, False, 0.0), rnd(4.0, [0.1, 0.2, 0.5, 0.6, 0.7], 3.0, 1.0, True, 0.25)],
+        # label 1: its best round (area 10) stands
+        [rnd(0.0, [0.0] * 5, 0.01, 0.0, False, 0.0), rnd(10.0, [0.3, 0.4, 0.5, 0.6, 0.9], 1.5, 0.8, True, 0.5)],
+    ] + [[rnd(0.0, [0.0] * 5, 0.01, 0.0, False, 0.0)] for _ in range(8)]   # labels 2-9: nothing succeeded
+    best = [1, 1] + [None] * 8
+
+    def fake(self, model, x, y, labels, step_cb):
+        return {"rounds": [rounds[int(k)] for k in labels], "best": [best[int(k)] for k in labels],
+                "p_succ": torch.ones(len(labels))}
+
+    monkeypatch.setattr(DLTND, "_solve_labels", fake)
+    ev = DLTND(steps=1, search_steps=1).detect(clean_model, train, generator=gen(0)).evidence
+    assert float(ev.similarity[0]) == pytest.approx(0.9) and torch.equal(ev.cosines[0], rounds[0][0].cos)
+    assert float(ev.mask_l1[0]) == 0.0 and math.isnan(float(ev.const[0])) and float(ev.universal_success[0]) == 0.0
+    assert float(ev.triggers[0].mask.max()) == 0.0
+    assert float(ev.mask_l1[1]) == 10.0 and float(ev.const[1]) == 1.5 and float(ev.universal_success[1]) == pytest.approx(0.8)
+    assert float(ev.triggers[1].mask.max()) == 0.5 and torch.equal(ev.cosines[1], rounds[1][1].cos)
+    assert float(ev.mask_l1[5]) == float("inf") and math.isnan(float(ev.const[5]))
 
 
 def test_first_bisection_round_keeps_mask_zero_and_prox_shrinks(clean_model, digits):
@@ -135,11 +168,14 @@ def test_planted_target_has_agreeing_perturbations(planted_verdicts):
 def test_selected_constants_follow_the_official_bisection(planted_verdicts):
     reachable = official_consts()
     for v in planted_verdicts:
-        for c, area in zip(v.evidence.const.tolist(), v.evidence.mask_l1.tolist()):
-            if math.isnan(c):                       # no round succeeded: no constant, infinite area
-                assert area == float("inf")
+        ev = v.evidence
+        for k, (c, area) in enumerate(zip(ev.const.tolist(), ev.mask_l1.tolist())):
+            if math.isnan(c):   # not a successful round: none succeeded (infinite area) or the revisit chose round 0
+                assert area == float("inf") or area == 0.0
             else:
                 assert round(c, 6) in reachable and c != 0.01     # round 0 (m = 0) never succeeds here
+            if math.isfinite(area):   # the evidence is one round's: its trigger's mask has its area
+                assert float(ev.triggers[k].mask.sum()) == pytest.approx(area, rel=1e-5, abs=1e-6)
 
 
 def test_needs_data_and_two_classes(clean_model, digits):

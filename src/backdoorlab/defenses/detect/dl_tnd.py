@@ -36,8 +36,10 @@ Solver and rule, as in the official code (``UniversalPerturb.py``, ``PerImgPertu
 - Score: s_k = the 0.25-quantile of cos_i over D_{k-}, where the universal logits are those of the
   smallest-area successful round - or of another recorded round whose ||m||_1 is below 1.1 x the
   smallest area over all labels, when its 0.25-quantile beats the best round's median (the
-  official "revisit" pass).  Label k is a Trojan target when s_k > T = 0.75 (the official preset);
-  the model is a TrojanNet when some s_k > T.
+  official "revisit" pass, which also considers round 0, where the mask stays 0).  The evidence -
+  trigger, area, c, success - is that same round's.  Label k is a Trojan target when s_k > T = 0.75
+  (the official preset); the model is a TrojanNet when some s_k > T.  On MNIST the preset flags 4-5
+  of 10 clean models; ``calibrate`` / ``scan --reference`` set T from known-clean models instead.
 
 Deviations:
 - ``samples_per_class`` = 1 (the issue's data-limited setting); the official notebook draws 5
@@ -59,6 +61,7 @@ Deviations:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -75,10 +78,12 @@ class DLTNDEvidence:
 
     similarity: torch.Tensor        # (K,) s_k: the q-quantile of the cosine similarities (eq. 5)
     cosines: tuple[torch.Tensor, ...]  # per label: cos(universal logits, per-image logits), x_i in D_{k-}
-    triggers: tuple[PatchTrigger, ...]  # per label: the selected universal perturbation (m, δ) of eq. 3
-    mask_l1: torch.Tensor           # (K,) ||m||_1 of the selected universal perturbation (inf: none succeeded)
-    const: torch.Tensor             # (K,) c = 1/λ (step-size units) of the selected round (nan: none)
-    universal_success: torch.Tensor  # (K,) fraction of D_{k-} the selected universal perturbation sends to k
+    # every field below is read in the round whose cosines gave s_k (the smallest-area successful round,
+    # or the round the revisit pass chose - possibly round 0, whose mask the proximal step keeps at 0)
+    triggers: tuple[PatchTrigger, ...]  # per label: that round's universal perturbation (m, δ) of eq. 3
+    mask_l1: torch.Tensor           # (K,) ||m||_1 of that perturbation (inf: no round succeeded)
+    const: torch.Tensor             # (K,) c = 1/λ (step-size units) of that round (nan: not a successful round)
+    universal_success: torch.Tensor  # (K,) fraction of D_{k-} that perturbation sends to k
     per_image_success: torch.Tensor  # (K,) fraction of per-image perturbations that reach k
     samples: int                    # clean images used
 
@@ -158,17 +163,17 @@ class DLTND(Detector):
                     if progress is not None:
                         progress(c * per_chunk + i, total)
                 parts.append(self._solve_labels(model, x, y, torch.tensor(labels, device=dev), step_cb))
-        rounds = [r for p in parts for r in p["rounds"]]         # per label: [(area, cos over D_{k-})]
+        rounds = [r for p in parts for r in p["rounds"]]         # per label: [_Round]
         best = [b for p in parts for b in p["best"]]              # per label: index into its rounds or None
-        sim, cos = self._scores(rounds, best)
-        m = torch.cat([p["m"] for p in parts]).cpu()
-        d = torch.cat([p["d"] for p in parts]).cpu()
+        sim, chosen = self._scores(rounds, best)
+        sel = [rounds[k][i] for k, i in enumerate(chosen)]
         flagged = [int(k) for k in torch.argsort(sim, descending=True) if sim[k] > self.threshold]
         evidence = DLTNDEvidence(
-            similarity=sim, cosines=tuple(cos),
-            triggers=tuple(PatchTrigger(mask=m[k], pattern=d[k]) for k in range(K)),
-            mask_l1=torch.cat([p["area"] for p in parts]), const=torch.cat([p["const"] for p in parts]),
-            universal_success=torch.cat([p["u_succ"] for p in parts]),
+            similarity=sim, cosines=tuple(r.cos for r in sel),
+            triggers=tuple(PatchTrigger(mask=r.m, pattern=r.d) for r in sel),
+            mask_l1=torch.tensor([r.area if b is not None else float("inf") for r, b in zip(sel, best)]),
+            const=torch.tensor([r.const if r.ok else float("nan") for r in sel]),
+            universal_success=torch.tensor([r.hit for r in sel]),
             per_image_success=torch.cat([p["p_succ"] for p in parts]), samples=len(y))
         return Verdict(backdoored=bool(flagged), score=float(sim.max()), threshold=float(self.threshold),
                        suspects=tuple(flagged), evidence=evidence)
@@ -226,7 +231,7 @@ class DLTND(Detector):
         lower = torch.zeros(L, device=x.device)
         upper = torch.full((L,), float(self.max_const), device=x.device)
         ok_prev = torch.zeros(L, dtype=torch.bool, device=x.device)
-        rounds = [[] for _ in range(L)]                            # per label: (area, cos, m, d, const, u_succ)
+        rounds = [[] for _ in range(L)]                            # per label: [_Round]
         for r in range(self.search_steps):
             if r > 0:                                               # official bisection update
                 const_new = torch.where(ok_prev, (const + lower) / 2, (const + upper) / 2)
@@ -243,39 +248,47 @@ class DLTND(Detector):
             area = u["m"].flatten(1).sum(1)
             for j in range(L):
                 if r == 0 or bool(ok_prev[j]):                      # official: round 0 and successes
-                    rounds[j].append((float(area[j]), cos[j][other[j]].cpu(), u["m"][j, 0].cpu(),
-                                      u["d"][j, 0].cpu(), float(const[j]), float(hit[j]), bool(ok_prev[j])))
+                    rounds[j].append(_Round(float(area[j]), cos[j][other[j]].cpu(), u["m"][j, 0].cpu(),
+                                            u["d"][j, 0].cpu(), float(const[j]), float(hit[j]), bool(ok_prev[j])))
         best = []
         for j in range(L):
-            ok = [i for i, rd in enumerate(rounds[j]) if rd[6]]
-            best.append(min(ok, key=lambda i: rounds[j][i][0]) if ok else None)
-        sel = [rounds[j][best[j] if best[j] is not None else 0] for j in range(L)]
+            ok = [i for i, rd in enumerate(rounds[j]) if rd.ok]
+            best.append(min(ok, key=lambda i: rounds[j][i].area) if ok else None)
         with torch.no_grad():
             p_hit = ((logits_p.argmax(-1) == target) & other).sum(1) / n_other
-        return {"rounds": [[(rd[0], rd[1]) for rd in rs] for rs in rounds], "best": best,
-                "m": torch.stack([s[2] for s in sel]), "d": torch.stack([s[3] for s in sel]),
-                "area": torch.tensor([s[0] if b is not None else float("inf") for s, b in zip(sel, best)]),
-                "const": torch.tensor([s[4] if b is not None else float("nan") for s, b in zip(sel, best)]),
-                "u_succ": torch.tensor([s[5] for s in sel]), "p_succ": p_hit.cpu()}
+        return {"rounds": rounds, "best": best, "p_succ": p_hit.cpu()}
 
     def _scores(self, rounds, best):
-        """s_k: the best round's q-quantile, or a revisited small-area round's (official notebook)."""
+        """(s_k, the index of the round whose cosines give it) per label: the best round's q-quantile,
+        or a revisited small-area round's (official notebook).  ``rounds[k]`` holds (area, cosines, ...)."""
         best_area = min((rounds[k][b][0] for k, b in enumerate(best) if b is not None), default=float("inf"))
-        sims, chosen = [], []
+        sims, index = [], []
         for k, rs in enumerate(rounds):
-            cos = rs[best[k] if best[k] is not None else 0][1]
-            bar = self._quantile(cos, self.best_quantile)
-            for area, c in rs:
+            i_sel = best[k] if best[k] is not None else 0
+            bar = self._quantile(rs[i_sel][1], self.best_quantile)
+            for i, (area, c, *_) in enumerate(rs):
                 if area < self.area_slack * best_area and self._quantile(c, self.quantile) > bar:
-                    cos = c
-            chosen.append(cos)
-            sims.append(self._quantile(cos, self.quantile))
-        return torch.stack(sims), chosen
+                    i_sel = i
+            index.append(i_sel)
+            sims.append(self._quantile(rs[i_sel][1], self.quantile))
+        return torch.stack(sims), index
 
     def _quantile(self, values: torch.Tensor, q: float | None = None) -> torch.Tensor:
         if values.numel() == 0:
             return torch.tensor(float("nan"))
         return torch.quantile(values.double(), self.quantile if q is None else q).float()
+
+
+class _Round(NamedTuple):
+    """One recorded round of the universal problem for one label."""
+
+    area: float              # ||m||_1
+    cos: torch.Tensor        # cos(universal logits, per-image logits) over D_{k-}
+    m: torch.Tensor          # (1, H, W)
+    d: torch.Tensor          # (C, H, W)
+    const: float             # c = 1/λ of the round
+    hit: float               # fraction of D_{k-} the perturbation sends to k
+    ok: bool                 # the round met the success criterion
 
 
 def _proximal_round(model, x, shape, lr, const, steps, loss_fn, success_fn, step_cb):
