@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import SHARED_DATA, md_table, write_result  # noqa: E402
 from population import EPOCHS, POPULATIONS, cached_verdict, calibration, population  # noqa: E402
 from backdoorlab.defenses.detect.combined import RULES  # noqa: E402
-from backdoorlab.defenses.detect.df_tnd import MARGIN_THRESHOLD  # noqa: E402
+from backdoorlab.defenses.detect.df_tnd import MARGIN_SCALE  # noqa: E402
 
 DETECTOR_NAMES = ("neural-cleanse", "dl-tnd", "df-tnd")
 CALIBRATED = ("dl-tnd", "df-tnd")   # shown again with T = the largest score of the clean reference models
@@ -59,14 +59,14 @@ def main(argv=None) -> int:
         records.append({"name": m.name, "infected": m.infected, "target": m.target, "ca": m.ca, "asr": m.asr,
                         "raw": {n: cached_verdict(m, n, train) for n in names}})
     # the TNDs' thresholds recalibrated on the calib-* clean reference models (never the evaluation ones)
-    refs = calibration(train_missing=False)
-    calib = {n: [cached_verdict(m, n, train) for m in refs] for n in CALIBRATED if n in names}
+    refs = calibration(train_missing=False) if set(CALIBRATED) & set(names) else []
+    calib = {n: [cached_verdict(m, n, train) for m in refs] for n in CALIBRATED if n in names and refs}
     if (shard != (0, 1) or any(v is None for r in records for v in r["raw"].values())
             or any(v is None for vs in calib.values() for v in vs)):
         print("some verdicts are still being computed by another process; no report")
         return 0
     body = report(records, names, calib, args.population)
-    if not args.no_write and (set(names) == set(DETECTOR_NAMES) or args.population != "a"):
+    if not args.no_write and set(names) == set(DETECTOR_NAMES):
         print(write_result("detectors" if args.population == "a" else f"detectors_{args.population}", body))
     print(body)
     return 0
@@ -96,9 +96,9 @@ def _recalibrated(name: str, raw: dict, threshold: float):
         sim = raw["evidence"]["similarity"]
         flagged = tuple(sorted((k for k, s in enumerate(sim) if s > threshold), key=lambda k: -sim[k]))
     else:
-        ratio = raw["evidence"]["ratio"]
-        top = max(range(len(ratio)), key=lambda k: ratio[k])
-        flagged = (top,) if ratio[top] > threshold else ()
+        score = raw["evidence"].get("score", raw["evidence"]["ratio"])
+        top = max(range(len(score)), key=lambda k: score[k])
+        flagged = (top,) if score[top] > threshold else ()
     return Verdict(backdoored=bool(flagged), score=raw["score"], threshold=threshold, suspects=flagged)
 
 
@@ -141,7 +141,7 @@ def _failures(inf, cln, t_cal, calib) -> str:
         ratio = v["evidence"].get("ratio", [v["score"]] * len(s))[k1]
         lines.append(f"- DF-TND {what} the two largest margins are label {k1} ({s[k1]:.1f}) and label {k2} "
                      f"({s[k2]:.1f}): ratio {ratio:.2f}, score {v['score']:.2f} vs T = {v['threshold']:.1f} "
-                     f"(the margin alone counts above {MARGIN_THRESHOLD:g} logits).")
+                     f"(the margin alone counts above {v['threshold'] * MARGIN_SCALE:g} logits).")
     return "\n".join(lines) or "none"
 
 

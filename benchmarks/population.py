@@ -1,7 +1,8 @@
 """THE detection population of MNIST models with known ground truth (issues 3 and 7): the single
 builder used by ``neural_cleanse_detection.py`` and ``detectors.py``.
 
-``population(...)`` trains (or loads from ``runs/population/``, written with ``io.save_model`` /
+``population(...)`` trains (or loads from ``runs/population/``; population "b", the same members with
+fresh seeds, from ``runs/population-b/``; written with ``io.save_model`` /
 ``io.save_ground_truth``) 10 BadNets-infected models with different targets (all ten labels),
 trigger kinds (single pixel, BadNets 3x3 pattern, 3x3 / 4x4 / 5x5 squares, random-noise blend at
 alpha 0.1 and 0.2) and positions, and 10 clean models that differ only by seed.  Separately,

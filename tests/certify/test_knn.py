@@ -200,3 +200,11 @@ def test_one_shared_distance_pass_equals_separate_certifiers():
             assert rnn_joint_curve(shared, x, y, r, sizes, unit, dists=dists) == rnn_joint_curve(alone, x, y, r, sizes, unit)
     with pytest.raises(ValueError, match="rnn_joint_curve dists"):
         rnn_joint_curve(shared, x, y, 4.0, sizes, dists=dists[:3])
+
+
+def test_neighbour_votes_needs_a_k_or_a_radius():
+    from backdoorlab.certify.knn import neighbour_votes
+
+    x = torch.rand(6, 3)
+    with pytest.raises(ValueError, match="at least one k"):
+        neighbour_votes(x, torch.tensor([0, 1, 0, 1, 0, 1]), x[:2])

@@ -86,6 +86,8 @@ def neighbour_votes(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tenso
     ``({k: votes}, {r: votes})``; ``CertifiedKNN.from_votes`` / ``CertifiedRNN.from_votes`` turn the
     votes into certificates (equal to their ``certify`` at the same ``batch_size``).  The k nearest
     under the (distance, index) order are a prefix of the max(ks) nearest, so one ranking serves every k."""
+    if not len(ks) and not len(rs):
+        raise ValueError("neighbour_votes needs at least one k (ks=) or one radius (rs=); got neither.")
     owner = "CertifiedKNN" if ks else "CertifiedRNN"
     tx, ty, num_classes = _prepare(train_x, train_y, num_classes, owner)
     ks = sorted({int(k) for k in ks})

@@ -21,7 +21,7 @@ others are listed as skipped.
 ``--reference CLEAN.safetensors`` (repeatable): models the auditor knows to be clean, of the same task.
 Each detector first scans them with the same data and seed and takes the largest of their scores as
 its threshold (``defenses.detect.calibrate``), instead of its preset; the JSON and the notes show the
-reference scores.  DL-TND's preset (0.75, the authors' CIFAR-10 value) flags 5 of 10 clean MNIST
+reference scores.  DL-TND's preset (0.75, the authors' CIFAR-10 value) flags 4-5 of 10 clean MNIST
 models; calibrated on 12 references it flags 1 (BENCHMARKS.md).
 """
 from __future__ import annotations
@@ -127,12 +127,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
         train = c.load_split(args, "train", meta)
         clean = (clean_subset(train, per_class=args.clean_per_class, generator=g) if args.clean_per_class
                  else clean_subset(train, fraction=args.clean_fraction, generator=g))
-    calibrations = calibrate_on_references(args, detectors, clean, g, meta) if args.references else {}
-    detectors.update({n: cal.detector for n, cal in calibrations.items()})
+    refs = load_references(args, meta)
     out = Path(args.out) if args.out else Path(args.model).with_name(Path(args.model).stem + ".scan")
     t_all = time.perf_counter()
-    results, files = {}, []
+    results, files, calibrations = {}, [], {}
     for name, det in detectors.items():
+        if refs:   # right before this detector's scan: the references see the generator state it will see
+            from ..defenses.detect import calibrate
+
+            with c.progress(args, f"calibrate ({name})") as cb:
+                calibrations[name] = calibrate(det, refs, clean, generator=g, progress=cb)
+            det = detectors[name] = calibrations[name].detector
         t0 = time.perf_counter()
         with c.progress(args, f"scan ({name})") as cb:
             v = det.detect(model, clean, generator=g, progress=cb)
@@ -164,10 +169,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_DETECTED if args.fail_on_detect and data["backdoored"] else 0
 
 
-def calibrate_on_references(args, detectors: dict, clean, g, meta) -> dict:
-    """``--reference``: each detector's threshold from the known-clean reference models."""
-    from ..defenses.detect import calibrate
-
+def load_references(args, meta: dict) -> list:
+    """``--reference``: the known-clean models, refused when they belong to another task."""
     refs = []
     for path in args.references:
         ref, ref_meta = c.load_model(args, path)
@@ -175,16 +178,12 @@ def calibrate_on_references(args, detectors: dict, clean, g, meta) -> dict:
             raise ValueError(f"scan --reference {path}: its dataset ({_dataset_name(ref_meta)}) differs from the "
                              f"scanned model's ({_dataset_name(meta)}); references must be models of the same task.")
         refs.append(ref)
-    out = {}
-    for name, det in detectors.items():
-        with c.progress(args, f"calibrate ({name})") as cb:
-            out[name] = calibrate(det, refs, clean, generator=g, progress=cb)
-    return out
+    return refs
 
 
 def _task(meta: dict) -> tuple:
     ds = meta.get("dataset") or {}
-    return tuple(str(ds.get(k)) for k in ("name", "input_shape", "num_classes")) if isinstance(ds, dict) else (str(ds),)
+    return tuple(str(ds.get(k)) for k in ("name", "input_shape", "num_classes"))
 
 
 def _dataset_name(meta: dict) -> str:

@@ -68,6 +68,25 @@ def test_bad_input_is_refused():
         calibrate(NoThreshold(), [M(0.1)])
 
 
+def test_fpr_leaves_that_fraction_of_references_above():
+    refs = [M(0.3), M(0.9), M(0.6), M(0.1)]
+    cal = calibrate(Scored(), refs, fpr=0.25)
+    assert cal.threshold == 0.6 and sum(cal.detector.detect(r, None).backdoored for r in refs) == 1
+    with pytest.raises(ValueError, match="fpr"):
+        calibrate(Scored(), refs, fpr=1.0)
+
+
+def test_a_threshold_the_detector_refuses_names_the_reference_scores():
+    @dataclass(frozen=True, kw_only=True)
+    class Positive(Scored):
+        def __post_init__(self):
+            if self.threshold <= 0:
+                raise ValueError(f"Positive.threshold must be > 0; got {self.threshold}.")
+
+    with pytest.raises(ValueError, match=r"reference scores \(-0.2, -0.5\).*does not accept.*must be > 0"):
+        calibrate(Positive(), [M(-0.2), M(-0.5)])
+
+
 def test_threshold_fields_of_the_library_detectors():
     assert threshold_field(NeuralCleanse()) == "anomaly_threshold"
     assert threshold_field(DFTND()) == "threshold"
@@ -94,15 +113,19 @@ def test_cli_scan_with_references(clean_model, badnets, digits, tmp_path, capsys
     clean_path, bd_path = tmp_path / "clean.safetensors", tmp_path / "bd.safetensors"
     save_model(clean_path, clean_model, dataset=train.info.to_json())
     save_model(bd_path, badnets[0], dataset=train.info.to_json())
-    fast = ["--detectors", "df-tnd", "--no-data", "--set", "df-tnd.steps=6", "--set", "df-tnd.refine-steps=2",
+    fast = ["--detectors", "dl-tnd,df-tnd", "--clean-per-class", "1", "--set", "df-tnd.steps=6",
+            "--set", "df-tnd.refine-steps=2", "--set", "dl-tnd.steps=3", "--set", "dl-tnd.search-steps=2",
             "--no-files", "--json"]
     assert main(["scan", str(clean_path), "--reference", str(clean_path), *fast]) == 0
     data = json.loads(capsys.readouterr().out)
-    d = data["detectors"]["df-tnd"]
-    assert d["calibration"]["references"] == [str(clean_path)] and d["calibration"]["preset"] == DFTND().threshold
-    # the scanned model is its own reference: same seed, same score, threshold = that score, not flagged
-    assert d["calibration"]["scores"] == [pytest.approx(d["score"])] and d["threshold"] == pytest.approx(d["score"])
-    assert d["backdoored"] is False
+    # the scanned model is its own reference: each detector (the second one too, after the first has drawn
+    # from the generator) sees the same data and draws, so threshold = its score and nothing is flagged
+    for name, preset in (("df-tnd", DFTND().threshold), ("dl-tnd", 0.75)):
+        d = data["detectors"][name]
+        assert d["calibration"]["references"] == [str(clean_path)] and d["calibration"]["preset"] == preset
+        assert d["calibration"]["scores"] == [d["score"]] and d["threshold"] == d["score"]
+        assert d["backdoored"] is False
+    fast = fast[:1] + ["df-tnd", "--no-data"] + fast[4:]
     # a reference of another task is refused before anything runs
     other = tmp_path / "other.safetensors"
     info = train.info.to_json() | {"name": "not-digits"}

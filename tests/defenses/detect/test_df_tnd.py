@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from backdoorlab.defenses.detect import DETECTORS, DFTND
-from backdoorlab.defenses.detect.df_tnd import THRESHOLD, _project_simplex, _project_simplex_rows, ratio_rule
+from backdoorlab.defenses.detect.df_tnd import (MARGIN_SCALE, THRESHOLD, _project_simplex, _project_simplex_rows,
+                                                ratio_rule)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _planted import PIXEL, planted  # noqa: E402
@@ -75,25 +76,31 @@ def test_ratio_rule_hand_computed():
     assert float(ratio_rule(torch.tensor([-1.0, -3.0]), 3.5)[0][0]) == pytest.approx(-1.0)
 
 
-def test_margin_threshold_flags_a_large_margin_beside_an_attractor():
+def test_margin_scale_flags_a_large_margin_beside_an_attractor():
     """A 29.8-logit target margin next to a 9.1-logit attractor: ratio 3.27 < 3.5, but the margin is above
-    T_abs = 27; score = max(ratio, margin * T / T_abs) = 29.8 * 3.5 / 27."""
+    T_abs = T * margin_scale = 27; score = max(ratio, margin / margin_scale) = 29.8 / (27 / 3.5)."""
     s = torch.tensor([-8.6, -1.9, 9.1, 0.4, 3.3, 8.0, 29.8, 0.8, -5.4, -7.9])
     r, score, flagged = ratio_rule(s, 3.5)
-    assert flagged == [] and float(r[6]) == pytest.approx(29.8 / 9.1)
-    r, score, flagged = ratio_rule(s, 3.5, 27.0)
-    assert flagged == [6] and float(score[6]) == pytest.approx(29.8 * 3.5 / 27.0)
-    assert float(score[2]) == pytest.approx(max(9.1 / 29.8, 9.1 * 3.5 / 27.0))
-    assert ratio_rule(s, 3.5, 30.0)[2] == []             # 29.8 < 30: neither criterion holds
-    # the same verdicts with both thresholds scaled (what DFTND.with_threshold does)
+    assert flagged == [] and float(r[6]) == pytest.approx(29.8 / 9.1) and torch.equal(score, r)
+    r, score, flagged = ratio_rule(s, 3.5, MARGIN_SCALE)
+    assert MARGIN_SCALE == pytest.approx(27.0 / 3.5)
+    assert flagged == [6] and float(score[6]) == pytest.approx(29.8 / MARGIN_SCALE)
+    assert float(score[2]) == pytest.approx(max(9.1 / 29.8, 9.1 / MARGIN_SCALE))
+    assert ratio_rule(s, 3.5, 30.0 / 3.5)[2] == []        # 29.8 < T_abs = 30: neither criterion holds
+    # a new T moves T_abs with it and leaves every score as it was
     for t in (2.0, 5.0):
-        r2, score2, flagged2 = ratio_rule(s, t, 27.0 * t / 3.5)
-        assert torch.allclose(score2, score) and flagged2 == ([6] if float(score[6]) > t else [])
+        _, score2, flagged2 = ratio_rule(s, t, MARGIN_SCALE)
+        assert torch.equal(score2, score) and flagged2 == ([6] if float(score[6]) > t else [])
 
 
-def test_with_threshold_scales_both_thresholds():
-    d = DFTND().with_threshold(7.0)
-    assert d.threshold == 7.0 and d.margin_threshold == pytest.approx(2 * DFTND().margin_threshold)
+def test_threshold_set_to_a_margin_decided_score_flags_nothing():
+    """Scores do not depend on T, so T set to a model's own score (``calibrate``) never flags it, also when
+    the margin term decides the score (9 / 8.55 = 1.05 < 9 / margin_scale = 1.17)."""
+    s = torch.tensor([9.0, 8.55, 0.5, 0.2])
+    _, score, _ = ratio_rule(s, 3.5, MARGIN_SCALE)
+    t = float(score.max())
+    assert t == pytest.approx(9.0 / MARGIN_SCALE) and ratio_rule(s, t, MARGIN_SCALE)[2] == []
+    assert ratio_rule(s, t - 1e-9, MARGIN_SCALE)[2] == [0]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +120,7 @@ def test_planted_neuron_label_is_the_outlier(verdicts):
     assert float(ev.trigger.mask[0, PIXEL[0], PIXEL[1]]) == 1.0
     assert float(ev.trigger.pattern[0, PIXEL[0], PIXEL[1]]) == 1.0
     assert v.suspects == (3,) and v.backdoored and v.score == pytest.approx(float(ev.score[3]))
-    assert float(ev.score[3]) == pytest.approx(max(float(ev.ratio[3]), float(ev.margin[3]) * THRESHOLD / 27.0))
+    assert float(ev.score[3]) == pytest.approx(max(float(ev.ratio[3]), float(ev.margin[3]) / MARGIN_SCALE))
     assert v.score > v.threshold == THRESHOLD
     # L_3 in label 3's row: the planted weight 2 * 50 / 20 = 5 per unit response, 20 * 1 response
     # at x_p = 1 vs x_p in [0, 0.1] before: at least 100 * 0.9 = 90 logits, far above every other label
@@ -142,12 +149,12 @@ def test_verdict_follows_the_ratio_rule(verdicts):
         L = ev.logit_increase
         others = L.masked_fill(torch.eye(10, dtype=torch.bool), float("-inf")).amax(1).clamp_min(0)
         assert torch.allclose(ev.margin, L.diagonal() - others)
-        r, score, flagged = ratio_rule(ev.margin, verdict.threshold, DFTND().margin_threshold)
+        r, score, flagged = ratio_rule(ev.margin, verdict.threshold, DFTND().margin_scale)
         assert torch.equal(ev.ratio, r) and torch.equal(ev.score, score) and list(verdict.suspects) == flagged
         assert verdict.score == pytest.approx(float(score.max()))
         assert ev.anomaly_indices == tuple(float(x) for x in score)
     # same seed, threshold just above the planted ratio: same increases, nothing flagged
-    above = DFTND(**FAST).with_threshold(v.score + 0.01).detect(model, None, generator=gen(0))
+    above = DFTND(**FAST, threshold=v.score + 0.01).detect(model, None, generator=gen(0))
     assert torch.equal(above.evidence.logit_increase, v.evidence.logit_increase) and not above.backdoored
 
 

@@ -39,9 +39,9 @@ def test_miss_after_the_model_is_garbage_collected():
     del model
     gc.collect()
     assert ref() is None                       # the cache did not keep the model alive
-    for _ in range(20):                        # new models (some may reuse the freed id) never hit it
+    for _ in range(5):                         # new models (some may reuse the freed id) never hit it
         m = torch.nn.Linear(2, 2)
         cache.get(m, pool, compute)
         del m
         gc.collect()
-    assert len(calls) == 21
+    assert len(calls) == 6

@@ -11,8 +11,8 @@ threshold becomes the largest reference score, the smallest value at which no re
 
 Every detector here decides ``backdoored`` as ``score > threshold`` (Neural Cleanse: the largest anomaly
 index of a below-median label; DL-TND: the largest similarity s_k; DF-TND: the top label's
-max(margin ratio, margin * T / T_abs), whose two thresholds its ``with_threshold`` scales together),
-so the calibrated detector flags none of its references.  What that says about other clean models depends on
+max(margin ratio, margin / margin_scale)), so the calibrated detector flags none of its references
+(with ``fpr`` > 0: at most that fraction of them).  What that says about other clean models depends on
 how many references there were: with n references, a new clean model of the same kind scores above all
 of them with probability about 1 / (n + 1).
 """
@@ -25,6 +25,8 @@ from typing import Sequence
 
 import torch
 
+from ..._stats import threshold_at_fpr
+from ..._validation import in_range
 from ...roles import Detector, Progress
 
 THRESHOLD_FIELDS = ("threshold", "anomaly_threshold")
@@ -49,14 +51,16 @@ def threshold_field(detector: Detector) -> str:
                     f"{', '.join(THRESHOLD_FIELDS)}); it cannot be calibrated.")
 
 
-def calibrate(detector: Detector, references: Sequence[torch.nn.Module], clean=None, *,
+def calibrate(detector: Detector, references: Sequence[torch.nn.Module], clean=None, *, fpr: float = 0.0,
               generator: torch.Generator | None = None, progress: Progress = None) -> Calibration:
-    """Scan every reference model with ``detector`` and set its threshold to the largest score.
+    """Scan every reference model with ``detector`` and set its threshold to the largest score (``fpr`` = 0;
+    otherwise the smallest threshold with at most ``fpr`` of the reference scores above it).
 
     ``clean``: the data the detector will get for the suspect model (None for data-free detectors).
     Each reference is scanned with a fresh copy of ``generator``'s state, so it sees the same random
     draws as a scan of the suspect model that starts from that state."""
     field = threshold_field(detector)
+    in_range("calibrate", "fpr", fpr, 0.0, 1.0, hi_open=True)
     references = list(references)
     if not references:
         raise ValueError("calibrate needs at least one known-clean reference model; got none.")
@@ -65,7 +69,7 @@ def calibrate(detector: Detector, references: Sequence[torch.nn.Module], clean=N
     for i, ref in enumerate(references):
         g = None
         if state is not None:
-            g = torch.Generator()
+            g = torch.Generator(device=generator.device)
             g.set_state(state)
         score = float(detector.detect(ref, clean, generator=g).score)
         if not math.isfinite(score):
@@ -74,8 +78,12 @@ def calibrate(detector: Detector, references: Sequence[torch.nn.Module], clean=N
         scores.append(score)
         if progress is not None:
             progress(i + 1, len(references))
-    threshold = max(scores)
-    retune = getattr(detector, "with_threshold", None)   # detectors with a second, linked threshold (DF-TND)
-    tuned = retune(threshold) if retune is not None else dataclasses.replace(detector, **{field: threshold})
-    return Calibration(detector=tuned, threshold=threshold,
-                       field=field, scores=tuple(scores), preset=float(getattr(detector, field)))
+    threshold = threshold_at_fpr(torch.tensor(scores, dtype=torch.float64), fpr)
+    try:
+        tuned = dataclasses.replace(detector, **{field: threshold})
+    except ValueError as e:
+        raise ValueError(f"calibrate: the threshold from the reference scores ({', '.join(f'{s:.4g}' for s in scores)}) "
+                         f"is {threshold:.4g}, which {type(detector).__name__} does not accept: {e}  A reference that "
+                         "scores this low is probably not a trained model of this task.") from e
+    return Calibration(detector=tuned, threshold=threshold, field=field, scores=tuple(scores),
+                       preset=float(getattr(detector, field)))

@@ -49,8 +49,8 @@ infected + 10 clean MNIST badnets-cnn models, never the evaluation population of
    while the trojan label's margin is several times every other label's.  Rule: flag the top label
    k* when s_k* > T * max(1, max_{j != k*} s_j) (``ratio_rule``; runner-up margins below 1 logit
    count as 1 logit, so a tiny lone margin is not a trojan) - or when s_k* > T_abs logits, the
-   paper's own absolute rule on the margin (``margin_threshold``; added in the fourth session, see
-   below).  The MAD anomaly index of the s_k
+   paper's own absolute rule on the margin (T_abs = T * ``margin_scale``; added in the fourth
+   session, see below).  The MAD anomaly index of the s_k
    (Neural Cleanse's rule) was tried first: clean models whose margins split into a negative and a
    positive group reach 3.7 with 3 labels "flagged", and the hijacked rows of an infected model
    (other labels' maximisations that also found the trigger, margin << 0) inflate the MAD.
@@ -73,14 +73,16 @@ margin doubled and rounded up to a half, T's recipe.  This criterion was added A
 failures were seen, so the evaluation population no longer tests it blind; a second population
 with fresh seeds (``benchmarks/population.py --population b``) was trained after T_abs was fixed
 and is its blind test (``benchmarks/results/detectors_b.md``).  The score is
-max(ratio, s_k* T / T_abs), so "score > T" is the whole rule and ``calibrate`` scales both.
+max(ratio, s_k* / margin_scale) with margin_scale = T_abs / T = 27 / 3.5 logits, so "score > T" is
+the whole rule; a new T (``calibrate``) moves T_abs with it.
 Result: evaluation population 8/10 detected, 1/10 clean flagged (7/10 without T_abs); the blind
 population b 7/10 (6 at the right target), 0/10 - the issue's 80% is NOT reached blind.  Its misses
 are the two blends and a single pixel whose maximisations raise the target by 2.4-8.9 logits while a
-clean attractor label reaches 3.7-4.4.  Tried on the development models and the 12 calib-s0..11
-references, each with T and T_abs re-derived by the recipe: a 2.7x budget (400 + 400 iterations) and
-3x the noise inputs (30) - neither separated the working backdoors from the clean models better
-than the default (``runs/dfprobe.py``).
+clean attractor label reaches 3.7-4.4.  Tried on the 8 working development backdoors, the 10
+development clean models and the 12 calib-s0..11 references, with T and T_abs re-derived by the
+recipe from those references: the default found 5/8 at 0/10 clean flagged, a 2.7x budget (400 + 400
+iterations) 5/8 at 1/10, 3x the noise inputs (30) 6/8 at 0/10 - no clear gain, so the defaults stay
+(developer script ``runs/dfprobe.py``, not in the repository).
 
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
@@ -111,7 +113,8 @@ Deviations:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -124,6 +127,7 @@ from ...types import Verdict
 
 THRESHOLD = 3.5  # T on the margin ratio; how it was chosen: module docstring
 MARGIN_THRESHOLD = 27.0  # logits: T_abs on the top margin itself (the paper's absolute rule); module docstring
+MARGIN_SCALE = MARGIN_THRESHOLD / THRESHOLD  # logits per unit of T: T_abs = T * margin_scale
 MARGIN_FLOOR = 1.0  # logits: a runner-up margin below this counts as this
 
 
@@ -134,7 +138,7 @@ class DFTNDEvidence:
     logit_increase: torch.Tensor   # (K, K) [k, j]: L_j of eq. 7 under the trigger of label k's maximisation
     margin: torch.Tensor           # (K,) s_k = L_k - max(0, max_{j != k} L_j) in row k
     ratio: torch.Tensor            # (K,) s_k / max(floor, max_{j != k} s_j)
-    score: torch.Tensor            # (K,) max(ratio_k, s_k * T / T_abs): the rule's score per label
+    score: torch.Tensor            # (K,) max(ratio_k, s_k / margin_scale): the rule's score per label
     objective: torch.Tensor        # (K,) eq. 6 at the end of each label's maximisation
     mask_l1: torch.Tensor          # (K,) mean ||m_i||_1 of each label's per-input masks
     trigger: PatchTrigger          # the top label's (m, δ), averaged over its noise inputs
@@ -179,7 +183,7 @@ class DFTND(Detector):
     lam: float = 0.1                # λ: weight of ||m||_1 (per-image mean)
     lam_warmup: float = 0.5         # λ rises linearly from 0 over this fraction of all iterations
     threshold: float = THRESHOLD    # T: flag the top label when its margin exceeds T times the next one
-    margin_threshold: float = MARGIN_THRESHOLD  # T_abs: ... or when its margin exceeds T_abs logits
+    margin_scale: float = MARGIN_SCALE  # ... or when its margin exceeds T * margin_scale logits (27 at T = 3.5)
     mask_init: float = 0.1          # initial m (δ starts uniform random)
 
     def __post_init__(self) -> None:
@@ -193,13 +197,8 @@ class DFTND(Detector):
         positive(name, "lam", self.lam, allow_zero=True)
         in_range(name, "lam_warmup", self.lam_warmup, 0.0, 1.0)
         positive(name, "threshold", self.threshold)
-        positive(name, "margin_threshold", self.margin_threshold)
+        positive(name, "margin_scale", self.margin_scale)
         in_range(name, "mask_init", self.mask_init, 0.0, 1.0)
-
-    def with_threshold(self, threshold: float) -> "DFTND":
-        """A copy whose verdict is ``score > threshold`` with unchanged scores: T and T_abs scale together
-        (``defenses.detect.calibrate``)."""
-        return replace(self, threshold=threshold, margin_threshold=self.margin_threshold * threshold / self.threshold)
 
     def detect(self, model: torch.nn.Module, clean=None, *, generator: torch.Generator | None = None,
                progress: Progress = None) -> Verdict:
@@ -219,7 +218,7 @@ class DFTND(Detector):
                 x_hat = (1 - m) * X + m * d
                 increase = (model(x_hat).view(K, N, K) - model(x)).mean(1).cpu()   # eq. 7 per label k
         margin = increase.diagonal() - _other_max(increase).clamp_min(0)
-        ratio, score, flagged = ratio_rule(margin, self.threshold, self.margin_threshold)
+        ratio, score, flagged = ratio_rule(margin, self.threshold, self.margin_scale)
         top = int(score.argmax())
         rows = slice(top * N, (top + 1) * N)
         w_top = w[top].cpu()
@@ -295,17 +294,18 @@ def _other_max(increase: torch.Tensor) -> torch.Tensor:
     return increase.masked_fill(torch.eye(K, dtype=torch.bool), float("-inf")).amax(1)
 
 
-def ratio_rule(margin: torch.Tensor, threshold: float, margin_threshold: float = float("inf"),
+def ratio_rule(margin: torch.Tensor, threshold: float, margin_scale: float = float("inf"),
                floor: float = MARGIN_FLOOR) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(per-label ratios, per-label scores, flagged labels).  Ratio: label k's margin over the largest
     other label's margin (margins below ``floor`` logits count as ``floor``); only the top label can
-    exceed 1.  Score: max(ratio_k, margin_k * threshold / margin_threshold), so that score > threshold
-    exactly when the ratio exceeds ``threshold`` or the margin exceeds ``margin_threshold`` logits.
+    exceed 1.  Score: max(ratio_k, margin_k / margin_scale) (the ratio alone when margin_scale is
+    inf), so that score > threshold exactly when the ratio exceeds ``threshold`` or the margin
+    exceeds threshold * margin_scale logits.
     Both terms grow with the margin, so the top-scoring label is the top-margin label; it alone is
     flagged, when its score exceeds ``threshold``."""
     others = _other_max(margin.unsqueeze(0).expand(len(margin), -1))
     ratio = (margin / others.clamp_min(floor)).to(torch.float64)
-    score = torch.maximum(ratio, margin.to(torch.float64) * (threshold / margin_threshold))
+    score = ratio if math.isinf(margin_scale) else torch.maximum(ratio, margin.to(torch.float64) / margin_scale)
     top = int(score.argmax())
     return ratio, score, ([top] if float(score[top]) > threshold else [])
 
