@@ -200,7 +200,7 @@ def calibration(*, data_dir=SHARED_DATA, cache: Path = CACHE, train_missing: boo
 
 
 # ---- cached detector verdicts (shared by neural_cleanse_detection.py and detectors.py) ----------------
-SOURCE_KEYED = ("dl-tnd", "df-tnd", "neural-cleanse")  # verdicts recomputed when these detectors' source files change
+SOURCE_KEYED = ("dl-tnd", "df-tnd", "neural-cleanse")  # verdicts recomputed when these detectors' code changes
 
 
 def detector_inputs(name: str, train):
@@ -218,13 +218,25 @@ def detector_inputs(name: str, train):
     return clean_subset(train, fraction=0.05, generator=g), g
 
 
-def _source_hash(name: str) -> str:
+def _source_hashes(name: str) -> tuple[str, str]:
+    """(code hash, file hash) of detector ``name``'s module.  The code hash is taken over the syntax tree
+    without docstrings (comments are not in it), so editing prose does not re-run the detector; the file
+    hash keyed the caches before, and a verdict found under it was made by this very file."""
+    import ast
     import hashlib
     import inspect
 
     from backdoorlab.defenses.detect import DETECTORS
 
-    return hashlib.sha1(Path(inspect.getfile(DETECTORS[name])).read_bytes()).hexdigest()[:10]
+    src = Path(inspect.getfile(DETECTORS[name])).read_bytes()
+    tree = ast.parse(src)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return "code-" + hashlib.sha1(ast.dump(tree).encode()).hexdigest()[:10], hashlib.sha1(src).hexdigest()[:10]
 
 
 def cached_verdict(member: Member, name: str, train, overrides: dict | None = None, *, run: bool = True,
@@ -235,11 +247,16 @@ def cached_verdict(member: Member, name: str, train, overrides: dict | None = No
     from backdoorlab.defenses.detect import DETECTORS
 
     overrides = overrides or {}
-    key = f"{name}:{json.dumps(overrides, sort_keys=True)}"
+    key = legacy = f"{name}:{json.dumps(overrides, sort_keys=True)}"
     if name in SOURCE_KEYED:
-        key += f":{_source_hash(name)}"
+        code, file = _source_hashes(name)
+        key, legacy = f"{key}:{code}", f"{key}:{file}"
     path = Path(member.cache) / f"{member.name}.verdicts.json"
     done = json.loads(path.read_text()) if path.exists() else {}
+    if key not in done and legacy in done:   # cached under the file hash by this same file: file it under the code
+        done = json.loads(path.read_text())
+        done[key] = done[legacy]
+        path.write_text(json.dumps(done, indent=1))
     if key in done or not run:
         return done.get(key)
     lock = path.with_name(f"{member.name}.{name}.lock")     # several benchmark processes share the work
