@@ -154,15 +154,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for name, cal in calibrations.items():
         data["detectors"][name]["calibration"] = {"references": list(args.references), "scores": list(cal.scores),
                                                   "threshold": cal.threshold, "preset": cal.preset}
+        if hasattr(cal.detector, "margin_scale"):   # DF-TND: the margin threshold moves with T
+            data["detectors"][name]["calibration"]["margin_threshold"] = cal.threshold * cal.detector.margin_scale
     data.update(model=str(args.model), clean_samples=0 if clean is None else len(clean),
                 seconds=round(time.perf_counter() - t_all, 3))
     if args.json:
         c.emit(args, data)
     else:
         for name, cal in calibrations.items():
+            margin = getattr(cal.detector, "margin_scale", None)
             c.emit(args, {}, notes=[f"{name}: threshold {cal.threshold:.4g} (preset {cal.preset:g}) = the largest "
                                     f"score of {len(cal.scores)} reference model(s): "
-                                    + ", ".join(f"{s:.4g}" for s in cal.scores)])
+                                    + ", ".join(f"{s:.4g}" for s in cal.scores)
+                                    + ("" if margin is None else f"; the margin alone now flags above "
+                                       f"{cal.threshold * margin:.4g} logits")])
         render(args, results, files)
         if combined is not None:
             render_summary(args, results, combined)
