@@ -89,7 +89,7 @@ def _verdicts(rec, names):
 
 def _recalibrated(name: str, raw: dict, threshold: float):
     """The verdict with threshold T replaced, as ``defenses.detect.calibrate`` would give it: DL-TND flags
-    the labels whose similarity s_k > T, DF-TND its top-ratio label when that ratio > T."""
+    the labels whose similarity s_k > T, DF-TND its top-scoring label when that score > T."""
     from backdoorlab.types import Verdict
 
     if name == "dl-tnd":
