@@ -174,11 +174,11 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
 
 
 def report(records, names, calib=None, which: str = "a") -> str:
-    from backdoorlab._stats import auroc
+    from backdoorlab._stats import auroc, threshold_at_fpr
     from backdoorlab.defenses.detect.combined import Combined
 
     calib = dict(calib or {})
-    t_cal = {n: max(c["score"] for c in vs) for n, vs in calib.items()}
+    t_cal = {n: threshold_at_fpr(torch.tensor([c["score"] for c in vs]), 0.0) for n, vs in calib.items()}  # = calibrate()
     for r in records:
         r["verdicts"] = _verdicts(r, names)
         total = sum(v["seconds"] for v in r["raw"].values())

@@ -113,6 +113,7 @@ def _parse(value: str, default):
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from ..data import clean_subset
+    from ..defenses.detect import calibrate
 
     names = detector_names(args.detectors)
     detectors = {n: build_detector(n, args.settings) for n in names}
@@ -133,8 +134,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     results, files, calibrations = {}, [], {}
     for name, det in detectors.items():
         if refs:   # right before this detector's scan: the references see the generator state it will see
-            from ..defenses.detect import calibrate
-
             with c.progress(args, f"calibrate ({name})") as cb:
                 calibrations[name] = calibrate(det, refs, clean, generator=g, progress=cb)
             det = detectors[name] = calibrations[name].detector
