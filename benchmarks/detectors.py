@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import SHARED_DATA, md_table, write_result  # noqa: E402
 from population import EPOCHS, POPULATIONS, cached_verdict, calibration, population  # noqa: E402
 from backdoorlab.defenses.detect.combined import RULES  # noqa: E402
-from backdoorlab.defenses.detect.df_tnd import MARGIN_SCALE  # noqa: E402
+from backdoorlab.defenses.detect.df_tnd import EFFICIENCY_SCALE, MARGIN_SCALE  # noqa: E402
 
 DETECTOR_NAMES = ("neural-cleanse", "dl-tnd", "df-tnd")
 CALIBRATED = ("dl-tnd", "df-tnd")   # shown again with T = the largest score of the clean reference models
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
     ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
-                    help="a: the evaluation population (results/detectors.md); b: the same members with fresh "
-                         "seeds, the blind re-test (results/detectors_b.md)")
+                    help="a: the evaluation population (results/detectors.md); b, c: the same members with fresh "
+                         "seeds, blind re-tests (results/detectors_b.md, _c.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shard = tuple(int(v) for v in args.shard.split("/"))
@@ -139,10 +139,25 @@ def _failures(inf, cln, t_cal, calib) -> str:
         what = (f"misses {r['name']}: at the true target s = {s[r['target']]:.1f} logits;" if r["infected"]
                 else f"flags clean {r['name']}:")
         ratio = v["evidence"].get("ratio", [v["score"]] * len(s))[k1]
+        eff = v["evidence"].get("efficiency")
+        eff_text = "" if eff is None else (f"; margin per mask pixel {eff[k1]:.2f} (mask L1 "
+                                           f"{v['evidence']['mask_l1'][k1]:.1f})")
         lines.append(f"- DF-TND {what} the two largest margins are label {k1} ({s[k1]:.1f}) and label {k2} "
-                     f"({s[k2]:.1f}): ratio {ratio:.2f}, score {v['score']:.2f} vs T = {v['threshold']:.1f} "
-                     f"(the margin alone counts above {v['threshold'] * MARGIN_SCALE:g} logits).")
+                     f"({s[k2]:.1f}): ratio {ratio:.2f}{eff_text}, score {v['score']:.2f} vs T = "
+                     f"{v['threshold']:.1f} (the margin alone counts above {v['threshold'] * MARGIN_SCALE:g} logits, "
+                     f"the margin per mask pixel above {v['threshold'] * EFFICIENCY_SCALE:g}).")
     return "\n".join(lines) or "none"
+
+
+BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py's docstring for the history)
+    "b": ("It was trained after DF-TND's margin threshold T_abs and the calibrated DL-TND threshold were fixed: a "
+          "blind test of those rules. NOT blind for DF-TND's margin-per-mask-pixel criterion (T_eff), which was "
+          "added in the next session after this population's DF-TND misses had been seen (population c is its "
+          "blind test). "),
+    "c": ("It was trained after every threshold in use was fixed - DF-TND's T, T_abs and its margin-per-mask-pixel "
+          "criterion T_eff (added after population b's misses were seen), and the calibrated DL-TND threshold - "
+          "and nothing was changed after it was scanned: a blind test of all of them. "),
+}
 
 
 def _population_text(which: str) -> str:
@@ -150,15 +165,13 @@ def _population_text(which: str) -> str:
         return ""
     return (f"Population {which}: the same ten infected and ten clean members as the evaluation population "
             "(names, triggers, positions, targets), trained with fresh seeds for training, poisoning and blend "
-            "noise (`benchmarks/population.py --population b`). It was trained after DF-TND's margin threshold "
-            "T_abs and the calibrated DL-TND threshold were fixed, and nothing was changed after it was "
-            "scanned: a blind test of those rules. ")
+            f"noise (`benchmarks/population.py --population {which}`). " + BLINDNESS[which])
 
 
 def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
     if not t_cal:
         return ""
-    blind = ("The thresholds were fixed before this population was trained: a blind test." if which != "a" else
+    blind = ("The calibration rule and references were fixed before this population was trained." if which != "a" else
              "The rule (largest reference score) was fixed in the previous session with 4 references; the 8 more "
              "were trained after the evaluation scores had been seen, so this is not a blind test "
              "(population b, `results/detectors_b.md`, is).")
@@ -240,8 +253,9 @@ def report(records, names, calib=None, which: str = "a") -> str:
         _calibration_text(calib, t_cal, which),
         "### Acceptance (issue 7)\n\n" + "\n".join(accept) + (
             "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "
-            "T were trained, after this population's results had been seen. Population b (same members, fresh seeds, "
-            "`results/detectors_b.md`) is the blind test of both." if which == "a" else ""),
+            "T were trained, after this population's results had been seen; so was DF-TND's margin-per-mask-pixel "
+            "criterion (T_eff, after population b). Populations b and c (same members, fresh seeds, "
+            "`results/detectors_b.md`, `_c.md`) are the blind tests." if which == "a" else ""),
         "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal.get("dl-tnd"), calib.get("dl-tnd", ())),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",

@@ -153,8 +153,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for name, cal in calibrations.items():
         data["detectors"][name]["calibration"] = {"references": list(args.references), "scores": list(cal.scores),
                                                   "threshold": cal.threshold, "preset": cal.preset}
-        if hasattr(cal.detector, "margin_scale"):   # DF-TND: the margin threshold moves with T
+        if hasattr(cal.detector, "margin_scale"):   # DF-TND: the margin thresholds move with T
             data["detectors"][name]["calibration"]["margin_threshold"] = cal.threshold * cal.detector.margin_scale
+            data["detectors"][name]["calibration"]["efficiency_threshold"] = \
+                cal.threshold * cal.detector.efficiency_scale
     data.update(model=str(args.model), clean_samples=0 if clean is None else len(clean),
                 seconds=round(time.perf_counter() - t_all, 3))
     if args.json:
@@ -166,7 +168,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                                     f"score of {len(cal.scores)} reference model(s): "
                                     + ", ".join(f"{s:.4g}" for s in cal.scores)
                                     + ("" if margin is None else f"; the margin alone now flags above "
-                                       f"{cal.threshold * margin:.4g} logits")])
+                                       f"{cal.threshold * margin:.4g} logits, the margin per mask pixel above "
+                                       f"{cal.threshold * cal.detector.efficiency_scale:.4g}")])
         render(args, results, files)
         if combined is not None:
             render_summary(args, results, combined)

@@ -127,11 +127,13 @@ def test_cli_scan_with_references(clean_model, badnets, digits, tmp_path, capsys
         assert d["backdoored"] is False
     cal = data["detectors"]["df-tnd"]["calibration"]
     assert cal["margin_threshold"] == pytest.approx(cal["threshold"] * 27.0 / 3.5)
+    assert cal["efficiency_threshold"] == pytest.approx(cal["threshold"] * 1.0 / 3.5)
     assert "margin_threshold" not in data["detectors"]["dl-tnd"]["calibration"]
     fast = fast[:1] + ["df-tnd", "--no-data"] + fast[4:]
     assert main(["scan", str(bd_path), "--reference", str(clean_path), *fast[:-1]]) == 0   # text output
     text = " ".join(capsys.readouterr().out.split())         # rich wraps long notes
     assert "the largest score of 1 reference model(s)" in text and "the margin alone now flags above" in text
+    assert "the margin per mask pixel above" in text
     # a reference of another task is refused before anything runs
     other = tmp_path / "other.safetensors"
     info = train.info.to_json() | {"name": "not-digits"}

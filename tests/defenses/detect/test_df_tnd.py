@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from backdoorlab.defenses.detect import DETECTORS, DFTND
-from backdoorlab.defenses.detect.df_tnd import (MARGIN_SCALE, THRESHOLD, _project_simplex, _project_simplex_rows,
-                                                ratio_rule)
+from backdoorlab.defenses.detect.df_tnd import (EFFICIENCY_SCALE, MARGIN_SCALE, MASK_FLOOR, THRESHOLD,
+                                                _project_simplex, _project_simplex_rows, ratio_rule)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _planted import PIXEL, planted  # noqa: E402
@@ -93,6 +93,25 @@ def test_margin_scale_flags_a_large_margin_beside_an_attractor():
         assert torch.equal(score2, score) and flagged2 == ([6] if float(score[6]) > t else [])
 
 
+def test_efficiency_flags_a_small_mask_margin_beside_an_attractor():
+    """A single-pixel trojan: 8.9 logits with a mask of L1 0.93 next to a 3.7-logit stroke attractor (L1 9):
+    ratio 2.41 < 3.5 and 8.9 < 27 logits, but 8.9 / max(1, 0.93) = 8.9 logits per mask pixel > T_eff = 1."""
+    s = torch.tensor([8.9, -1.0, -0.2, 0.7, -0.4, 3.7, -3.4, -0.4, -4.7, 1.0])
+    l1 = torch.tensor([0.93, 4.0, 2.0, 7.0, 6.0, 9.0, 11.0, 1.0, 13.0, 9.0])
+    eff = s / l1.clamp_min(MASK_FLOOR)
+    assert ratio_rule(s, 3.5, MARGIN_SCALE)[2] == []
+    r, score, flagged = ratio_rule(s, 3.5, MARGIN_SCALE, efficiency=eff, efficiency_scale=EFFICIENCY_SCALE)
+    assert EFFICIENCY_SCALE == pytest.approx(1.0 / 3.5) and flagged == [0]
+    assert float(score[0]) == pytest.approx(8.9 / EFFICIENCY_SCALE) and float(r[0]) == pytest.approx(8.9 / 3.7)
+    # the same margins drawn with stroke-sized masks stay below T_eff: 8.9 / 12 < 1 logit per pixel
+    eff = s / torch.full_like(l1, 12.0)
+    assert ratio_rule(s, 3.5, MARGIN_SCALE, efficiency=eff, efficiency_scale=EFFICIENCY_SCALE)[2] == []
+    # the top-efficiency label is flagged even when another label has the larger margin (ratio < 1 for it)
+    s2, l2 = torch.tensor([3.0, 6.0, 0.0]), torch.tensor([1.0, 30.0, 5.0])
+    _, score, flagged = ratio_rule(s2, 3.5, MARGIN_SCALE, efficiency=s2 / l2, efficiency_scale=EFFICIENCY_SCALE)
+    assert flagged == [0] and float(score[0]) == pytest.approx(3.0 * 3.5)
+
+
 def test_threshold_set_to_a_margin_decided_score_flags_nothing():
     """Scores do not depend on T, so T set to a model's own score (``calibrate``) never flags it, also when
     the margin term decides the score (9 / 8.55 = 1.05 < 9 / margin_scale = 1.17)."""
@@ -120,7 +139,9 @@ def test_planted_neuron_label_is_the_outlier(verdicts):
     assert float(ev.trigger.mask[0, PIXEL[0], PIXEL[1]]) == 1.0
     assert float(ev.trigger.pattern[0, PIXEL[0], PIXEL[1]]) == 1.0
     assert v.suspects == (3,) and v.backdoored and v.score == pytest.approx(float(ev.score[3]))
-    assert float(ev.score[3]) == pytest.approx(max(float(ev.ratio[3]), float(ev.margin[3]) / MARGIN_SCALE))
+    assert float(ev.score[3]) == pytest.approx(max(float(ev.ratio[3]), float(ev.margin[3]) / MARGIN_SCALE,
+                                                   float(ev.efficiency[3]) / EFFICIENCY_SCALE))
+    assert torch.allclose(ev.efficiency, ev.margin / ev.mask_l1.clamp_min(MASK_FLOOR))
     assert v.score > v.threshold == THRESHOLD
     # L_3 in label 3's row: the planted weight 2 * 50 / 20 = 5 per unit response, 20 * 1 response
     # at x_p = 1 vs x_p in [0, 0.1] before: at least 100 * 0.9 = 90 logits, far above every other label
@@ -149,7 +170,8 @@ def test_verdict_follows_the_ratio_rule(verdicts):
         L = ev.logit_increase
         others = L.masked_fill(torch.eye(10, dtype=torch.bool), float("-inf")).amax(1).clamp_min(0)
         assert torch.allclose(ev.margin, L.diagonal() - others)
-        r, score, flagged = ratio_rule(ev.margin, verdict.threshold, DFTND().margin_scale)
+        r, score, flagged = ratio_rule(ev.margin, verdict.threshold, DFTND().margin_scale,
+                                       efficiency=ev.efficiency, efficiency_scale=DFTND().efficiency_scale)
         assert torch.equal(ev.ratio, r) and torch.equal(ev.score, score) and list(verdict.suspects) == flagged
         assert verdict.score == pytest.approx(float(score.max()))
         assert ev.anomaly_indices == tuple(float(x) for x in score)
@@ -168,7 +190,7 @@ def test_input_shape_needed(clean_model):
 
 @pytest.mark.parametrize("field,value", [("noise_inputs", 0), ("step_size", 0.0), ("threshold", -1.0),
                                          ("lam", -0.1), ("mask_init", 1.5), ("noise_max", 0.0),
-                                         ("noise_max", 1.5), ("lam_warmup", 2.0)])
+                                         ("noise_max", 1.5), ("lam_warmup", 2.0), ("efficiency_scale", 0.0)])
 def test_invalid_fields_name_themselves(field, value):
     with pytest.raises(ValueError, match=rf"DFTND\.{field} must"):
         DFTND(**{field: value})

@@ -11,7 +11,7 @@ threshold becomes the largest reference score, the smallest value at which no re
 
 Every detector here decides ``backdoored`` as ``score > threshold`` (Neural Cleanse: the largest anomaly
 index of a below-median label; DL-TND: the largest similarity s_k; DF-TND: the top label's
-max(margin ratio, margin / margin_scale)), so the calibrated detector flags none of its references
+max(margin ratio, margin / margin_scale, margin per mask pixel / efficiency_scale)), so the calibrated detector flags none of its references
 (with ``fpr`` > 0: at most that fraction of them).  What that says about other clean models depends on
 how many references there were: with n references, a new clean model of the same kind scores above all
 of them with probability about 1 / (n + 1).

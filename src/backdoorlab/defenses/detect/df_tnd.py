@@ -50,7 +50,8 @@ infected + 10 clean MNIST badnets-cnn models, never the evaluation population of
    k* when s_k* > T * max(1, max_{j != k*} s_j) (``ratio_rule``; runner-up margins below 1 logit
    count as 1 logit, so a tiny lone margin is not a trojan) - or when s_k* > T_abs logits, the
    paper's own absolute rule on the margin (T_abs = T * ``margin_scale``; added in the fourth
-   session, see below).  The MAD anomaly index of the s_k
+   session, see below) - or when a label's margin per mask pixel s_k / max(1, ||m_k||_1) exceeds
+   T_eff (T * ``efficiency_scale``; added in the fifth session, see below).  The MAD anomaly index of the s_k
    (Neural Cleanse's rule) was tried first: clean models whose margins split into a negative and a
    positive group reach 3.7 with 3 labels "flagged", and the hijacked rows of an infected model
    (other labels' maximisations that also found the trigger, margin << 0) inflate the MAD.
@@ -83,6 +84,22 @@ development clean models and the 12 calib-s0..11 references, with T and T_abs re
 recipe from those references: the default found 5/8 at 0/10 clean flagged, a 2.7x budget (400 + 400
 iterations) 5/8 at 1/10, 3x the noise inputs (30) 6/8 at 0/10 - no clear gain, so the defaults stay
 (developer script ``runs/dfprobe.py``, not in the repository).
+
+How T_eff was chosen, and why it exists (fifth session): population b's single-pixel miss raised its
+target by 8.9 logits with a mask of L1 0.93 - one pixel - and its 10%-blend miss by 2.4 logits with
+L1 2.2, while every clean attractor needs a stroke: on the 12 calibration models the largest margin
+per mask pixel, s_k / max(1, ||m_k||_1), was 0.46 logits per pixel (their margins of 2.6-10.1 logits
+come with masks of L1 11-36).  A margin bought with a tiny mask is what eq. 6's λ||m||_1 term looks
+for (Neural Cleanse's small-trigger premise), and neither the ratio nor the absolute margin sees it.
+T_eff = 1.0 logit per mask pixel is that 0.46 doubled and rounded up to a half, T's recipe again, and
+the score gains a third term, efficiency_k / efficiency_scale with efficiency_scale = T_eff / T.  This
+was added AFTER population b's misses were seen, so b no longer tests it blind; population c (fresh
+seeds again, ``--population c``) was trained after T_eff was fixed and is its blind test
+(``benchmarks/results/detectors_c.md``).  Read from the cached evidence of a and b (the maximisation
+is unchanged, so the new rule is a function of it): a stays 8/10 detected, 1/10 clean flagged (no
+infected model there has a small-mask margin); b becomes 9/10 (8 at the right target), 0/10
+(pixel-br-t0 at 8.87 per pixel, blend10-t8 at 1.11 - just above T_eff); the evaluation clean models
+reach at most 0.43 per pixel.
 
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
@@ -129,6 +146,9 @@ THRESHOLD = 3.5  # T on the margin ratio; how it was chosen: module docstring
 MARGIN_THRESHOLD = 27.0  # logits: T_abs on the top margin itself (the paper's absolute rule); module docstring
 MARGIN_SCALE = MARGIN_THRESHOLD / THRESHOLD  # logits per unit of T: T_abs = T * margin_scale
 MARGIN_FLOOR = 1.0  # logits: a runner-up margin below this counts as this
+EFFICIENCY_THRESHOLD = 1.0  # logits per mask pixel: T_eff on margin / mask L1 (fifth session; module docstring)
+EFFICIENCY_SCALE = EFFICIENCY_THRESHOLD / THRESHOLD  # T_eff = T * efficiency_scale
+MASK_FLOOR = 1.0  # pixels: a mask L1 below this counts as this in the efficiency
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +158,8 @@ class DFTNDEvidence:
     logit_increase: torch.Tensor   # (K, K) [k, j]: L_j of eq. 7 under the trigger of label k's maximisation
     margin: torch.Tensor           # (K,) s_k = L_k - max(0, max_{j != k} L_j) in row k
     ratio: torch.Tensor            # (K,) s_k / max(floor, max_{j != k} s_j)
-    score: torch.Tensor            # (K,) max(ratio_k, s_k / margin_scale): the rule's score per label
+    efficiency: torch.Tensor       # (K,) s_k / max(mask_floor, mask L1_k): margin per mask pixel
+    score: torch.Tensor            # (K,) max(ratio_k, s_k / margin_scale, efficiency_k / efficiency_scale)
     objective: torch.Tensor        # (K,) eq. 6 at the end of each label's maximisation
     mask_l1: torch.Tensor          # (K,) mean ||m_i||_1 of each label's per-input masks
     trigger: PatchTrigger          # the top label's (m, δ), averaged over its noise inputs
@@ -157,13 +178,14 @@ class DFTNDEvidence:
 
     def table(self) -> tuple[list[str], list[list]]:
         rows = [[k, round(float(self.logit_increase[k, k]), 3), round(float(s), 3), round(float(a), 3),
-                 round(float(n), 1)]
-                for k, (s, a, n) in enumerate(zip(self.margin, self.ratio, self.mask_l1))]
-        return ["label", "logit increase L_k", "margin s_k", "ratio to next", "mask L1"], rows
+                 round(float(n), 1), round(float(e), 3)]
+                for k, (s, a, n, e) in enumerate(zip(self.margin, self.ratio, self.mask_l1, self.efficiency))]
+        return ["label", "logit increase L_k", "margin s_k", "ratio to next", "mask L1", "margin per mask pixel"], rows
 
     def to_json(self) -> dict:
         return {"labels": list(self.labels), "logit_increase": self.logit_increase.tolist(),
-                "margin": self.margin.tolist(), "ratio": self.ratio.tolist(), "score": self.score.tolist(),
+                "margin": self.margin.tolist(), "ratio": self.ratio.tolist(),
+                "efficiency": self.efficiency.tolist(), "score": self.score.tolist(),
                 "objective": self.objective.tolist(), "mask_l1": self.mask_l1.tolist(),
                 "trigger_l1": self.trigger.l1(), "top_neurons": list(self.top_neurons),
                 "noise_inputs": self.noise_inputs}
@@ -184,6 +206,7 @@ class DFTND(Detector):
     lam_warmup: float = 0.5         # λ rises linearly from 0 over this fraction of all iterations
     threshold: float = THRESHOLD    # T: flag the top label when its margin exceeds T times the next one
     margin_scale: float = MARGIN_SCALE  # ... or when its margin exceeds T * margin_scale logits (27 at T = 3.5)
+    efficiency_scale: float = EFFICIENCY_SCALE  # ... or margin per mask pixel above T * efficiency_scale (1.0)
     mask_init: float = 0.1          # initial m (δ starts uniform random)
 
     def __post_init__(self) -> None:
@@ -198,6 +221,7 @@ class DFTND(Detector):
         in_range(name, "lam_warmup", self.lam_warmup, 0.0, 1.0)
         positive(name, "threshold", self.threshold)
         positive(name, "margin_scale", self.margin_scale)
+        positive(name, "efficiency_scale", self.efficiency_scale)
         in_range(name, "mask_init", self.mask_init, 0.0, 1.0)
 
     def detect(self, model: torch.nn.Module, clean=None, *, generator: torch.Generator | None = None,
@@ -218,13 +242,16 @@ class DFTND(Detector):
                 x_hat = (1 - m) * X + m * d
                 increase = (model(x_hat).view(K, N, K) - model(x)).mean(1).cpu()   # eq. 7 per label k
         margin = increase.diagonal() - _other_max(increase).clamp_min(0)
-        ratio, score, flagged = ratio_rule(margin, self.threshold, self.margin_scale)
+        mask_l1 = m.flatten(1).sum(1).view(K, N).mean(1).cpu()
+        efficiency = margin / mask_l1.clamp_min(MASK_FLOOR)
+        ratio, score, flagged = ratio_rule(margin, self.threshold, self.margin_scale, efficiency=efficiency,
+                                           efficiency_scale=self.efficiency_scale)
         top = int(score.argmax())
         rows = slice(top * N, (top + 1) * N)
         w_top = w[top].cpu()
         evidence = DFTNDEvidence(
-            logit_increase=increase, margin=margin, ratio=ratio, score=score, objective=objective.cpu(),
-            mask_l1=m.flatten(1).sum(1).view(K, N).mean(1).cpu(),
+            logit_increase=increase, margin=margin, ratio=ratio, efficiency=efficiency, score=score,
+            objective=objective.cpu(), mask_l1=mask_l1,
             trigger=PatchTrigger(mask=m[rows].mean(0).cpu(), pattern=d[rows].mean(0).cpu()),
             neuron_weights=w_top,
             top_neurons=tuple(int(i) for i in torch.argsort(w_top, descending=True)[:5]),
@@ -295,17 +322,22 @@ def _other_max(increase: torch.Tensor) -> torch.Tensor:
 
 
 def ratio_rule(margin: torch.Tensor, threshold: float, margin_scale: float = float("inf"),
-               floor: float = MARGIN_FLOOR) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+               floor: float = MARGIN_FLOOR, *, efficiency: torch.Tensor | None = None,
+               efficiency_scale: float = float("inf")) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(per-label ratios, per-label scores, flagged labels).  Ratio: label k's margin over the largest
     other label's margin (margins below ``floor`` logits count as ``floor``); only the top label can
-    exceed 1.  Score: max(ratio_k, margin_k / margin_scale) (the ratio alone when margin_scale is
-    inf), so that score > threshold exactly when the ratio exceeds ``threshold`` or the margin
-    exceeds threshold * margin_scale logits.
-    Both terms grow with the margin, so the top-scoring label is the top-margin label; it alone is
-    flagged, when its score exceeds ``threshold``."""
+    exceed 1.  Score: max(ratio_k, margin_k / margin_scale, efficiency_k / efficiency_scale) (a term
+    whose scale is inf, or an efficiency that is None, is left out), so that score > threshold exactly
+    when the ratio exceeds ``threshold``, or the margin exceeds threshold * margin_scale logits, or the
+    margin per mask pixel exceeds threshold * efficiency_scale.  The top-scoring label alone is flagged,
+    when its score exceeds ``threshold`` (with the efficiency term it need not be the top-margin label)."""
     others = _other_max(margin.unsqueeze(0).expand(len(margin), -1))
     ratio = (margin / others.clamp_min(floor)).to(torch.float64)
-    score = ratio if math.isinf(margin_scale) else torch.maximum(ratio, margin.to(torch.float64) / margin_scale)
+    score = ratio
+    if not math.isinf(margin_scale):
+        score = torch.maximum(score, margin.to(torch.float64) / margin_scale)
+    if efficiency is not None and not math.isinf(efficiency_scale):
+        score = torch.maximum(score, efficiency.to(torch.float64) / efficiency_scale)
     top = int(score.argmax())
     return ratio, score, ([top] if float(score[top]) > threshold else [])
 
