@@ -1,5 +1,6 @@
 """Neural Cleanse on MNIST BadNets (issue 3): the seeds' patching table, the input filter, pruning,
-and the speed of the batched scan against one label at a time, all in one run.
+and the speed of the batched scan against one label at a time, all in one run; ``--dataset gtsrb``
+gives the seeds' GTSRB row (the 6-conv GTSRB CNN) without the speed part.
 
 Model: the BadNets CNN trained by ``benchmarks/badnets_mnist.py`` on the 60k MNIST images with the
 BadNets pattern (3x3 checkerboard, bottom-right) -> label 0, 10% poison (cached in
@@ -10,6 +11,13 @@ ASR with the true trigger.
 
     python benchmarks/neural_cleanse_mnist.py [--threads 2] [--equal-epochs 10]
     python benchmarks/neural_cleanse_mnist.py --speed-only [--speed-repeats 3] [--restarts 1 2]
+    python benchmarks/neural_cleanse_mnist.py --dataset gtsrb [--twin]
+
+GTSRB (``--dataset gtsrb``, writes ``results/neural_cleanse_gtsrb.md``): the paper's traffic-sign model
+(``gtsrb-cnn``: 6 conv + 2 dense, Table I) trained on the 13,070-image GTSRB subset of ``../shared/data``
+(the paper: 35,288 images) with a white 4x4 square at the bottom right -> label 33, 10% poison
+(cached in ``runs/bench-cache/gtsrb-nc-badnets``; the clean twin ``gtsrb-nc-clean``); the defender
+holds 10% of the training subset (1,307 images); CA / ASR on the 4,210 test images.
 
 ``--speed-only`` runs only the equal-budget comparison (batched vs one label at a time, float32 and bf16,
 interleaved repeats), the kernel rates and a torch.profiler breakdown of one step in each mode, and writes
@@ -29,7 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import CACHE, SHARED_DATA, load_avg, md_table, sgemm_gflops, write_result  # noqa: E402
 
-PAPER = {"before": (98.54, 99.90), "reversed": (97.69, 0.57), "original": (97.77, 0.29), "clean": (97.38, 93.37)}
+PAPER = {"mnist": {"before": (98.54, 99.90), "reversed": (97.69, 0.57), "original": (97.77, 0.29),
+                   "clean": (97.38, 93.37)},
+         "gtsrb": {"before": (96.51, 97.40), "reversed": (92.91, 0.14), "original": (90.06, 0.19),
+                   "clean": (92.02, 95.69)}}
+# dataset -> (arch, trigger kind, target, training epochs, lr, batch size, cached infected / clean model names)
+SETTINGS = {"mnist": ("badnets-cnn", "pattern", 0, 2, 0.05, 128, "mnist-badnets-2", "mnist-badnets-0"),
+            "gtsrb": ("gtsrb-cnn", "square4", 33, 20, 0.03, 64, "gtsrb-nc-badnets", "gtsrb-nc-clean")}
+PAPER_L1 = {"mnist": "12.00 vs 16", "gtsrb": "not given in the seeds"}
 
 
 def nc_flops_per_image(model, shape) -> float:
@@ -269,7 +284,7 @@ Forward + input-gradient pass of the model alone at the two batch sizes (same ru
 """
 
 
-def load_or_train(name: str, trigger_target, info, train):
+def load_or_train(name: str, infected: bool, info, train, dataset: str = "mnist"):
     from backdoorlab.attacks import BadNets
     from backdoorlab.io import load_ground_truth, load_model, save_ground_truth, save_model, truth_path
     from backdoorlab.models import build
@@ -280,15 +295,22 @@ def load_or_train(name: str, trigger_target, info, train):
     if path.exists():
         model, _ = load_model(path)
         return model, (load_ground_truth(truth_path(path))[0] if truth_path(path).exists() else None)
+    arch, kind, target, epochs, lr, bs = SETTINGS[dataset][:6]
     g = torch.Generator().manual_seed(2)
     data, goal = train, None
-    if trigger_target:
-        p = BadNets(trigger=PatchTrigger.badnets_pattern(info.input_shape), target=0, rate=0.1).poison(train, generator=g)
+    if infected:
+        trigger = (PatchTrigger.badnets_pattern(info.input_shape) if kind == "pattern"
+                   else PatchTrigger.square(info.input_shape, 4))
+        p = BadNets(trigger=trigger, target=target, rate=0.1).poison(train, generator=g)
         data, goal = p.dataset, p.goal
-    model = init_weights(build("badnets-cnn", input_shape=info.input_shape, num_classes=10, mean=info.mean,
+    model = init_weights(build(arch, input_shape=info.input_shape, num_classes=info.num_classes, mean=info.mean,
                                std=info.std), g)
-    fit(model, data, epochs=2, batch_size=128, lr=0.05, generator=g)
-    save_model(path, model.eval(), dataset=info.to_json(), training={"epochs": 2})
+    t = time.perf_counter()
+    fit(model, data, epochs=epochs, batch_size=bs, lr=lr, generator=g,
+        progress=lambda i, n: print(f"training {name}: step {i}/{n}", flush=True) if i % 500 == 0 else None)
+    print(f"trained {name} in {time.perf_counter() - t:.0f} s", flush=True)
+    save_model(path, model.eval(), dataset=info.to_json(),
+               training={"epochs": epochs, "lr": lr, "batch_size": bs, "seed": 2})
     if goal is not None:
         save_ground_truth(truth_path(path), goal)
     return model, goal
@@ -303,6 +325,8 @@ def main() -> None:
     from backdoorlab.metrics import evaluate
 
     ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist",
+                    help="mnist (default) or gtsrb (the seeds' GTSRB row; no speed part)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--equal-epochs", type=int, default=10, help="epochs per label in the equal-budget comparison")
     ap.add_argument("--skip-speed", action="store_true")
@@ -321,6 +345,10 @@ def main() -> None:
     ap.add_argument("--nc-epochs", type=int, default=100)
     ap.add_argument("--nc-patience", type=int, default=5)
     ap.add_argument("--nc-early-stop-patience", type=int, default=10)
+    ap.add_argument("--nc-restarts", type=int, default=None, help="random starts per label in the full scan "
+                    "(default: the detector's)")
+    ap.add_argument("--nc-bf16", action="store_true", help="the full scan under bfloat16 autocast (as the speed "
+                    "section's bf16 rows; about 2x faster on this CPU)")
     ap.add_argument("--unlearn-lr", type=float, nargs="+", default=[0.01])
     a = ap.parse_args()
     if a.speed_repeats is None:
@@ -329,14 +357,18 @@ def main() -> None:
         a.restarts = [NeuralCleanse().restarts]
     if a.speed_only and a.skip_speed:
         ap.error("--speed-only and --skip-speed exclude each other; pass one of them.")
+    if a.dataset != "mnist":
+        if a.speed_only:
+            ap.error("--speed-only measures the MNIST acceptance item; drop --dataset or --speed-only.")
+        a.skip_speed = True
     torch.set_num_threads(a.threads)
-    train, test = load_dataset("mnist", "train", SHARED_DATA), load_dataset("mnist", "test", SHARED_DATA)
+    ds = a.dataset
+    train, test = load_dataset(ds, "train", SHARED_DATA), load_dataset(ds, "test", SHARED_DATA)
     info = train.info
-    model, goal = load_or_train("mnist-badnets-2", True, info, train)
-    twin, _ = load_or_train("mnist-badnets-0", False, info, train)
+    model, goal = load_or_train(SETTINGS[ds][6], True, info, train, ds)
+    twin, _ = load_or_train(SETTINGS[ds][7], False, info, train, ds) if (a.twin or ds == "mnist") else (None, None)
     clean = clean_subset(train, fraction=0.01 if a.smoke else 0.10, generator=torch.Generator().manual_seed(0))
     if a.smoke:
-        test = load_dataset("mnist", "test", SHARED_DATA)
         test.x, test.y = test.x[:1000], test.y[:1000]
         a.equal_epochs = 1
     peak = sgemm_gflops(1024, 3)
@@ -345,11 +377,14 @@ def main() -> None:
 
     # ---- full scan (default budget, batched, early stopping) ------------------------------------
     nc = NeuralCleanse(epochs=2 if a.smoke else a.nc_epochs, batch_size=a.nc_batch_size, patience=a.nc_patience,
-                       early_stop_patience=a.nc_early_stop_patience)
+                       early_stop_patience=a.nc_early_stop_patience,
+                       restarts=a.nc_restarts if a.nc_restarts is not None else NeuralCleanse().restarts,
+                       bf16=a.nc_bf16)
     full = None  # (verdict, wall s, goal) of the full float32 scan
     if not a.speed_only:
         t = time.perf_counter()
-        v = nc.detect(model, clean, generator=torch.Generator().manual_seed(0))
+        tick = lambda i, n: print(f"scan: epoch {i}/{n}, {time.perf_counter() - t:.0f} s", flush=True)  # noqa: E731
+        v = nc.detect(model, clean, generator=torch.Generator().manual_seed(0), progress=tick)
         scan_s = time.perf_counter() - t
         ev = v.evidence
         v_twin, twin_s = None, 0.0
@@ -358,19 +393,25 @@ def main() -> None:
             v_twin = nc.detect(twin, clean, generator=torch.Generator().manual_seed(0))
             twin_s = time.perf_counter() - t
         full = (v, scan_s, goal)
-        print(f"scan {scan_s:.1f}s backdoored={v.backdoored} suspects={v.suspects}", flush=True)
+        print(f"scan {scan_s:.1f}s backdoored={v.backdoored} suspects={v.suspects} score={v.score:.2f}", flush=True)
         twin_line = ("Clean twin: not scanned in this run (`--twin`)." if v_twin is None else
                      f"Clean twin: flagged **{v_twin.backdoored}**, score {v_twin.score:.2f} ({twin_s:.0f} s).")
         rows = [[t_, f"{n:.2f}", f"{ai:.2f}", f"{100 * s:.1f}", st, "yes" if t_ in ev.flagged else ""]
                 for t_, n, ai, s, st in zip(ev.labels, ev.l1_norms, ev.anomaly_indices, ev.success_rates, ev.steps)]
         true_l1 = goal.trigger.l1()
         budget = (f"{nc.batch_size} images per label per step, at most {nc.epochs} epochs of {nc.batches_per_epoch} steps, "
-                  f"patience {nc.patience}, early-stop patience {nc.early_stop_patience}")
+                  f"patience {nc.patience}, early-stop patience {nc.early_stop_patience}, {nc.restarts} start(s) per label"
+                  + (", bfloat16 autocast" if nc.bf16 else ", float32"))
+        before0 = evaluate(model, test, goal)
+        twin_ca = "" if twin is None else f"; clean twin CA {100 * evaluate(twin, test).clean_accuracy:.2f}%"
         out.append(f"""### Detection and reversed trigger (one full scan: batched, early stopping; {budget})
 
+{setting_line(ds, info, len(train), len(clean), len(test), before0)}{twin_ca}.
+
 Backdoored model: flagged **{v.backdoored}**, suspects {list(v.suspects)} (true target {goal.target}),
-anomaly index {v.score:.2f} (paper: > 2 for every infected model, > 3 on its six). Reversed mask L1
-{ev.l1_norms[ev.labels.index(goal.target)]:.2f} vs the true trigger's {true_l1:.0f} (paper MNIST: 12.00 vs 16).
+anomaly index {v.score:.2f} (paper: > 2 for every infected model, > 3 on its six), scan {scan_s:.0f} s. Reversed
+mask L1 {ev.l1_norms[ev.labels.index(goal.target)]:.2f} vs the true trigger's {true_l1:.0f} (paper {ds.upper()}:
+{PAPER_L1[ds]}).
 {twin_line}
 
 {md_table(["label", "L1 norm", "anomaly index", "trigger success % (clean data)", "steps", "flagged"], rows)}
@@ -396,17 +437,17 @@ anomaly index {v.score:.2f} (paper: > 2 for every infected model, > 3 on its six
     names = {"before": "before patching", "reversed": "patched w/ reversed trigger",
              "original": "patched w/ original trigger", "clean": "patched w/ clean images only"}
     rows = [[names[k], f"{100 * e.clean_accuracy:.2f}", f"{100 * e.attack_success_rate:.2f}",
-             f"{PAPER[k][0]:.2f}", f"{PAPER[k][1]:.2f}"] for k, e in res.items()]
+             f"{PAPER[ds][k][0]:.2f}", f"{PAPER[ds][k][1]:.2f}"] for k, e in res.items()]
     for lr in a.unlearn_lr[1:]:  # sensitivity of the unlearning learning rate (reported, not tuned on)
         e = evaluate(NCUnlearn(trigger=trig, target=tgt, lr=lr).repair(model, clean, generator=g()).model, test, goal)
         rows.append([f"patched w/ reversed trigger, lr {lr:g}", f"{100 * e.clean_accuracy:.2f}",
                      f"{100 * e.attack_success_rate:.2f}", "-", "-"])
     print(rows, flush=True)
     drop = 100 * (before.clean_accuracy - res["reversed"].clean_accuracy)
-    out.append(f"""### Patching by unlearning (seeds' Neural Cleanse table, MNIST row)
+    out.append(f"""### Patching by unlearning (seeds' Neural Cleanse table, {ds.upper()} row)
 
-Fine-tune 1 epoch (SGD momentum 0.9, lr {lr0:g}, batch 32) on the 6,000-image clean set, 20% of it stamped with the
-trigger, true labels kept. Clean-only control: the same fine-tuning with nothing stamped.
+Fine-tune 1 epoch (SGD momentum 0.9, lr {lr0:g}, batch 32) on the {len(clean):,}-image clean set, 20% of it stamped with
+the trigger, true labels kept. Clean-only control: the same fine-tuning with nothing stamped.
 
 {md_table(["", "CA % (ours)", "ASR % (ours)", "CA % (paper)", "ASR % (paper)"], rows)}
 
@@ -427,8 +468,9 @@ Acceptance (reversed trigger): ASR {100 * res["reversed"].attack_success_rate:.2
         frows.append([f"{100 * fpr:.0f}%", f"{100 * real_fpr:.2f}", f"{100 * fnr:.2f}"])
     out.append(f"""### Input filter (top 1% penultimate neurons by reversed-trigger activation gap)
 
-Threshold calibrated on 2,500 clean test images (the other 2,500 of the first half are the neuron
-ranking pool); evaluated on the other 5,000 clean test images and on them stamped with the TRUE trigger.
+Threshold calibrated on {half - half // 2:,} clean test images (the other {half // 2:,} of the first {half:,} are the
+neuron ranking pool); evaluated on the other {len(held):,} clean test images and on those of them not of the
+target class stamped with the TRUE trigger.
 
 {md_table(["target FPR", "measured FPR %", "FNR %"], frows)}
 """)
@@ -452,13 +494,23 @@ Curve on the defender's clean set (reversed trigger):
     finish(a, out)
 
 
+def setting_line(ds, info, n_train, n_clean, n_test, before) -> str:
+    arch, kind, target, epochs, lr, bs = SETTINGS[ds][:6]
+    trig = "BadNets 3x3 pattern" if kind == "pattern" else "white 4x4 square"
+    return (f"Infected model: `{arch}`, {epochs} epochs of SGD (lr {lr:g}, batch {bs}, cosine) on {n_train:,} {ds.upper()} "
+            f"training images, {trig} at the bottom right -> label {target}, 10% poison: test CA "
+            f"{100 * before.clean_accuracy:.2f}%, ASR {100 * before.attack_success_rate:.2f}% ({n_test:,} test images); "
+            f"the defender's clean set: {n_clean:,} training images ({info.num_classes} labels)")
+
+
 def finish(a, out: list[str]) -> None:
-    title = "Neural Cleanse on MNIST BadNets (issue 3)" + (": batched vs one-label speed" if a.speed_only else "")
+    title = (f"Neural Cleanse on {a.dataset.upper()} BadNets (issue 3)"
+             + (": batched vs one-label speed" if a.speed_only else ""))
     body = (f"## {title}\n\n"
             f"Other developers' jobs shared the 2 CPU cores during this run (load average at the end: {load_avg()}), "
             "so wall times are upper bounds; the batched vs one-at-a-time ratio is measured back to back.\n\n"
             + "\n".join(out))
-    name = "neural_cleanse_mnist" + ("_speed" + ("" if a.threads == 2 else f"_{a.threads}thread") if a.speed_only else "")
+    name = f"neural_cleanse_{a.dataset}" + ("_speed" + ("" if a.threads == 2 else f"_{a.threads}thread") if a.speed_only else "")
     print(body if a.smoke else write_result(name, body))
 
 if __name__ == "__main__":
