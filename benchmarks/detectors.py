@@ -224,8 +224,10 @@ def report(records, names, calib=None, which: str = "a") -> str:
         if n in stats:
             det, fp, _ = stats[n]
             ok = det >= 0.8 * len(inf) and fp <= 2
+            seen = (n.startswith("df-tnd") and which in ("a", "b")) or (which == "a" and "calibrated" in n)
             accept.append(f"- {n}: {det}/{len(inf)} detected, {fp}/{len(cln)} clean flagged -> "
-                          f"**{'met' if ok else 'not met'}**")
+                          f"**{'met' if ok else 'not met'}**" + (" (not blind: a rule it uses was set after this "
+                                                                 "population's results were seen)" if seen else ""))
     singles = list(names)
     best = max(singles, key=lambda n: (stats[n][0] - stats[n][1], stats[n][2]))
     cd, cf, ct = stats["combined"]
