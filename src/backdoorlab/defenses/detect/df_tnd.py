@@ -99,7 +99,12 @@ seeds again, ``--population c``) was trained after T_eff was fixed and is its bl
 is unchanged, so the new rule is a function of it): a stays 8/10 detected, 1/10 clean flagged (no
 infected model there has a small-mask margin); b becomes 9/10 (8 at the right target), 0/10
 (pixel-br-t0 at 8.87 per pixel, blend10-t8 at 1.11 - just above T_eff); the evaluation clean models
-reach at most 0.43 per pixel.
+reach at most 0.43 per pixel.  Blind result on population c: 7/10 detected (all at the right
+target), 1/10 clean flagged (by the ratio, 4.23) - the issue's 80% is again NOT reached at the preset
+T; no verdict there turned on T_eff (c's one single-pixel model with a one-pixel mask, 9.1 logits,
+also had ratio 9.15), its misses being the two blends (ratio 3.29; a margin of 0.7) and the centre
+square (margin -7.7 at its target).  With T calibrated on the 12 references (``calibrate``: T = 2.56)
+c gives 8/10 at 1/10.
 
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
