@@ -134,16 +134,18 @@ def _failures(inf, cln, t_cal, calib) -> str:
         v = r["raw"].get("df-tnd")
         if v is None or v["backdoored"] == r["infected"] or "margin" not in (v["evidence"] or {}):
             continue
-        s = v["evidence"]["margin"]
-        k1, k2 = sorted(range(len(s)), key=lambda k: -s[k])[:2]
+        e = v["evidence"]
+        s = e["margin"]
+        sc = e.get("score", e.get("ratio", s))
+        k1 = max(range(len(s)), key=lambda k: sc[k])                  # the top-scoring label (the rule's)
+        k2 = max((k for k in range(len(s)) if k != k1), key=lambda k: s[k])
         what = (f"misses {r['name']}: at the true target s = {s[r['target']]:.1f} logits;" if r["infected"]
                 else f"flags clean {r['name']}:")
-        ratio = v["evidence"].get("ratio", [v["score"]] * len(s))[k1]
-        eff = v["evidence"].get("efficiency")
-        eff_text = "" if eff is None else (f"; margin per mask pixel {eff[k1]:.2f} (mask L1 "
-                                           f"{v['evidence']['mask_l1'][k1]:.1f})")
-        lines.append(f"- DF-TND {what} the two largest margins are label {k1} ({s[k1]:.1f}) and label {k2} "
-                     f"({s[k2]:.1f}): ratio {ratio:.2f}{eff_text}, score {v['score']:.2f} vs T = "
+        ratio = e.get("ratio", [v["score"]] * len(s))[k1]
+        eff_text = "" if "efficiency" not in e else (f"; margin per mask pixel {e['efficiency'][k1]:.2f} (mask L1 "
+                                                      f"{e['mask_l1'][k1]:.1f})")
+        lines.append(f"- DF-TND {what} its top-scoring label is {k1} (margin {s[k1]:.1f}), the largest other margin "
+                     f"label {k2}'s ({s[k2]:.1f}): ratio {ratio:.2f}{eff_text}, score {v['score']:.2f} vs T = "
                      f"{v['threshold']:.1f} (the margin alone counts above {v['threshold'] * MARGIN_SCALE:g} logits, "
                      f"the margin per mask pixel above {v['threshold'] * EFFICIENCY_SCALE:g}).")
     return "\n".join(lines) or "none"
@@ -160,6 +162,9 @@ BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py'
 }
 
 
+TITLE = {"b": "re-test, blind except for DF-TND's T_eff", "c": "blind re-test"}
+
+
 def _population_text(which: str) -> str:
     if which == "a":
         return ""
@@ -174,7 +179,7 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
     blind = ("The calibration rule and references were fixed before this population was trained." if which != "a" else
              "The rule (largest reference score) was fixed in the previous session with 4 references; the 8 more "
              "were trained after the evaluation scores had been seen, so this is not a blind test "
-             "(population b, `results/detectors_b.md`, is).")
+             "(populations b and c are: b of the references and T_abs, c of everything including DF-TND's T_eff).")
     n_ref = len(next(iter(calib.values())))
     lines = [f"`(T calibrated)` rows: the detector's threshold T set to the largest score among {n_ref} clean reference "
              "models (`calib-s0..`, the population's recipe with other seeds; never the evaluation models) - what "
@@ -238,7 +243,7 @@ def report(records, names, calib=None, which: str = "a") -> str:
                   f"counts: **{'yes' if ok else 'no'}**")
     return "\n\n".join([
         "## Detection population: Neural Cleanse vs DL-TND vs DF-TND (MNIST)" if which == "a" else
-        f"## Detection population {which} (fresh seeds, blind re-test): " + " vs ".join(names) + " (MNIST)",
+        f"## Detection population {which} (fresh seeds, {TITLE[which]}): " + " vs ".join(names) + " (MNIST)",
         _population_text(which) + f"{len(inf)} infected + {len(cln)} clean MNIST badnets-cnn models from `benchmarks/population.py` "
         f"({EPOCHS} epoch(s) on the full 60,000-image training split, 2 more per retry; every clean model CA >= 98%, "
         "every infected one ASR >= 90% on "
@@ -257,7 +262,8 @@ def report(records, names, calib=None, which: str = "a") -> str:
             "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "
             "T were trained, after this population's results had been seen; so was DF-TND's margin-per-mask-pixel "
             "criterion (T_eff, after population b). Populations b and c (same members, fresh seeds, "
-            "`results/detectors_b.md`, `_c.md`) are the blind tests." if which == "a" else ""),
+            "`results/detectors_b.md`, `_c.md`) are the blind tests: b of T_abs and the references, c of "
+            "everything including T_eff." if which == "a" else ""),
         "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal.get("dl-tnd"), calib.get("dl-tnd", ())),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",

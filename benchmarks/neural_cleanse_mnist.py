@@ -41,7 +41,8 @@ PAPER = {"mnist": {"before": (98.54, 99.90), "reversed": (97.69, 0.57), "origina
                    "clean": (97.38, 93.37)},
          "gtsrb": {"before": (96.51, 97.40), "reversed": (92.91, 0.14), "original": (90.06, 0.19),
                    "clean": (92.02, 95.69)}}
-# dataset -> (arch, trigger kind, target, training epochs, lr, batch size, cached infected / clean model names)
+# dataset -> (arch, trigger kind, target, training epochs, lr, batch size - the recipe load_or_train uses when
+# the model is not cached; setting_line reports what the cached sidecar records -, cached infected / clean names)
 SETTINGS = {"mnist": ("badnets-cnn", "pattern", 0, 2, 0.05, 128, "mnist-badnets-2", "mnist-badnets-0"),
             "gtsrb": ("gtsrb-cnn", "square4", 33, 20, 0.03, 64, "gtsrb-nc-badnets", "gtsrb-nc-clean")}
 PAPER_L1 = {"mnist": "12.00 vs 16", "gtsrb": "not given in the seeds"}
@@ -395,7 +396,8 @@ def main() -> None:
         full = (v, scan_s, goal)
         print(f"scan {scan_s:.1f}s backdoored={v.backdoored} suspects={v.suspects} score={v.score:.2f}", flush=True)
         twin_line = ("Clean twin: not scanned in this run (`--twin`)." if v_twin is None else
-                     f"Clean twin: flagged **{v_twin.backdoored}**, score {v_twin.score:.2f} ({twin_s:.0f} s).")
+                     f"Clean twin: flagged **{v_twin.backdoored}**, suspects {list(v_twin.suspects)}, score "
+                     f"{v_twin.score:.2f} ({twin_s:.0f} s).")
         rows = [[t_, f"{n:.2f}", f"{ai:.2f}", f"{100 * s:.1f}", st, "yes" if t_ in ev.flagged else ""]
                 for t_, n, ai, s, st in zip(ev.labels, ev.l1_norms, ev.anomaly_indices, ev.success_rates, ev.steps)]
         true_l1 = goal.trigger.l1()
@@ -497,9 +499,16 @@ Curve on the defender's clean set (reversed trigger):
 
 
 def setting_line(ds, info, n_train, n_clean, n_test, before) -> str:
-    arch, kind, target, epochs, lr, bs = SETTINGS[ds][:6]
+    """The infected model's setting; its training recipe as its JSON sidecar records it (the cached MNIST
+    models were trained by ``badnets_mnist.py``, not by ``load_or_train``'s fallback recipe)."""
+    import json
+
+    arch, kind, target = SETTINGS[ds][:3]
+    tr = json.loads((CACHE / f"{SETTINGS[ds][6]}.json").read_text()).get("training", {})
+    recipe = (f"{tr.get('epochs', '?')} epochs of SGD (lr {tr['lr']:g}, batch {tr['batch_size']}, cosine)"
+              if "lr" in tr else f"{tr.get('epochs', '?')} epochs (`benchmarks/badnets_mnist.py`'s recipe)")
     trig = "BadNets 3x3 pattern" if kind == "pattern" else "white 4x4 square"
-    return (f"Infected model: `{arch}`, {epochs} epochs of SGD (lr {lr:g}, batch {bs}, cosine) on {n_train:,} {ds.upper()} "
+    return (f"Infected model: `{arch}`, {recipe} on {n_train:,} {ds.upper()} "
             f"training images, {trig} at the bottom right -> label {target}, 10% poison: test CA "
             f"{100 * before.clean_accuracy:.2f}%, ASR {100 * before.attack_success_rate:.2f}% ({n_test:,} test images); "
             f"the defender's clean set: {n_clean:,} training images ({info.num_classes} labels)")

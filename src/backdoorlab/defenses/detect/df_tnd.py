@@ -73,9 +73,10 @@ top margin exceeded 13.3 logits (the same 12 models as T; 3.5-13.3), so T_abs = 
 margin doubled and rounded up to a half, T's recipe.  This criterion was added AFTER the evaluation
 failures were seen, so the evaluation population no longer tests it blind; a second population
 with fresh seeds (``benchmarks/population.py --population b``) was trained after T_abs was fixed
-and is its blind test (``benchmarks/results/detectors_b.md``).  The score is
+and is its blind test (``benchmarks/results/detectors_b.md``).  The fourth session's score was
 max(ratio, s_k* / margin_scale) with margin_scale = T_abs / T = 27 / 3.5 logits, so "score > T" is
-the whole rule; a new T (``calibrate``) moves T_abs with it.
+the whole rule; a new T (``calibrate``) moves T_abs with it (the fifth session added a third term,
+below, in the same way).
 Result: evaluation population 8/10 detected, 1/10 clean flagged (7/10 without T_abs); the blind
 population b 7/10 (6 at the right target), 0/10 - the issue's 80% is NOT reached blind.  Its misses
 are the two blends and a single pixel whose maximisations raise the target by 2.4-8.9 logits while a
@@ -87,7 +88,9 @@ iterations) 5/8 at 1/10, 3x the noise inputs (30) 6/8 at 0/10 - no clear gain, s
 
 How T_eff was chosen, and why it exists (fifth session): population b's single-pixel miss raised its
 target by 8.9 logits with a mask of L1 0.93 - one pixel - and its 10%-blend miss by 2.4 logits with
-L1 2.2, while every clean attractor needs a stroke: on the 12 calibration models the largest margin
+L1 2.2, while every clean attractor needs a stroke: on the 12 calibration models of
+``population.calibration()`` (``runs/population/calib-s0..11``, the references of ``scan --reference``
+in the benchmark; not T's 12, which were partly the ``dftnd-calib`` models) the largest margin
 per mask pixel, s_k / max(1, ||m_k||_1), was 0.46 logits per pixel (their margins of 2.6-10.1 logits
 come with masks of L1 11-36).  A margin bought with a tiny mask is what eq. 6's λ||m||_1 term looks
 for (Neural Cleanse's small-trigger premise), and neither the ratio nor the absolute margin sees it.
@@ -97,14 +100,18 @@ was added AFTER population b's misses were seen, so b no longer tests it blind; 
 seeds again, ``--population c``) was trained after T_eff was fixed and is its blind test
 (``benchmarks/results/detectors_c.md``).  Read from the cached evidence of a and b (the maximisation
 is unchanged, so the new rule is a function of it): a stays 8/10 detected, 1/10 clean flagged (no
-infected model there has a small-mask margin); b becomes 9/10 (8 at the right target), 0/10
-(pixel-br-t0 at 8.87 per pixel, blend10-t8 at 1.11 - just above T_eff); the evaluation clean models
-reach at most 0.43 per pixel.  Blind result on population c: 7/10 detected (all at the right
+verdict there depends on the new term); b becomes 9/10 (8 at the right target), 0/10
+(pixel-br-t0 at 8.87 per pixel, blend10-t8 at 1.11 - just above T_eff); the clean models of a reach
+at most 0.41 per pixel, those of b 0.43 (c: 0.45).  Blind result on population c: 7/10 detected (all at the right
 target), 1/10 clean flagged (by the ratio, 4.23) - the issue's 80% is again NOT reached at the preset
 T; no verdict there turned on T_eff (c's one single-pixel model with a one-pixel mask, 9.1 logits,
 also had ratio 9.15), its misses being the two blends (ratio 3.29; a margin of 0.7) and the centre
 square (margin -7.7 at its target).  With T calibrated on the 12 references (``calibrate``: T = 2.56)
-c gives 8/10 at 1/10.
+c gives 8/10 at 1/10.  A known weakness of the term: it lets a small margin count when its mask is
+tiny (the ratio's 1-logit floor does not apply to it) - a 1.01-logit margin with mask L1 <= 1 is
+flagged at the preset, and after calibration to T = 2.56 (T_eff 0.73) a 0.74-logit one; c's
+blend10-t8 (margin 0.70 at L1 1.11) shows margins of that size with one-pixel masks do occur.  A
+floor on the term would be a new rule and needs a new blind population.
 
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
@@ -115,8 +122,9 @@ more (as official).  L_k of eq. 7 is read on the refined per-input perturbations
 Deviations:
 - Noise distribution, per-label maximisations, λ warm-up and the ratio rule (points 1-4 above)
   instead of U[0, 1]-like noise, one maximisation and the absolute L_k > T alone (kept as T_abs on
-  the margin, beside the ratio).  The rule names at most
-  one suspect (the top label), so a model with two target labels is flagged for the stronger one.
+  the margin, beside the ratio); the margin-per-mask-pixel criterion T_eff is ours, not the paper's.
+  The rule names at most one suspect (the top-scoring label), so a model with two target labels is
+  flagged for the stronger one.
 - Budget: 10 noise inputs per label as the official code, 150 + 150 iterations at step 0.02
   (official notebook: 1000 + 1000 at step 0.1, CIFAR-10 / ResNet-50 on a GPU); λ = 0.1 on the
   per-image mean ||m||_1 (official: γ = 1e-3 on the batch total, no warm-up).  Cost: K x N images
