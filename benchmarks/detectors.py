@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
     ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
                     help="a: the evaluation population (results/detectors.md); b, c: the same members with fresh "
-                         "seeds, blind re-tests (results/detectors_b.md, _c.md)")
+                         "seeds, re-tests (results/detectors_b.md, _c.md; b is blind except for DF-TND's "
+                         "T_eff, c is blind)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shard = tuple(int(v) for v in args.shard.split("/"))
