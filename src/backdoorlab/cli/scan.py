@@ -150,26 +150,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
                     combined={"backdoored": combined.backdoored, "suspects": list(combined.suspects),
                               "score": combined.score, "threshold": combined.threshold,
                               "quorum": combined.evidence.quorum, "skipped": skipped})
-    for name, cal in calibrations.items():
+    implied = {name: getattr(cal.detector, "implied_thresholds", dict)() for name, cal in calibrations.items()}
+    for name, cal in calibrations.items():   # DF-TND's margin thresholds move with T: implied_thresholds
         data["detectors"][name]["calibration"] = {"references": list(args.references), "scores": list(cal.scores),
-                                                  "threshold": cal.threshold, "preset": cal.preset}
-        if hasattr(cal.detector, "margin_scale"):   # DF-TND: the margin thresholds move with T
-            data["detectors"][name]["calibration"]["margin_threshold"] = cal.threshold * cal.detector.margin_scale
-            data["detectors"][name]["calibration"]["efficiency_threshold"] = \
-                cal.threshold * cal.detector.efficiency_scale
+                                                  "threshold": cal.threshold, "preset": cal.preset, **implied[name]}
     data.update(model=str(args.model), clean_samples=0 if clean is None else len(clean),
                 seconds=round(time.perf_counter() - t_all, 3))
     if args.json:
         c.emit(args, data)
     else:
         for name, cal in calibrations.items():
-            margin = getattr(cal.detector, "margin_scale", None)
+            x = implied[name]
             c.emit(args, {}, notes=[f"{name}: threshold {cal.threshold:.4g} (preset {cal.preset:g}) = the largest "
                                     f"score of {len(cal.scores)} reference model(s): "
                                     + ", ".join(f"{s:.4g}" for s in cal.scores)
-                                    + ("" if margin is None else f"; the margin alone now flags above "
-                                       f"{cal.threshold * margin:.4g} logits, the margin per mask pixel above "
-                                       f"{cal.threshold * cal.detector.efficiency_scale:.4g}")])
+                                    + ("" if not x else f"; the margin alone now flags above "
+                                       f"{x['margin_threshold']:.4g} logits, the margin per mask pixel above "
+                                       f"{x['efficiency_threshold']:.4g}")])
         render(args, results, files)
         if combined is not None:
             render_summary(args, results, combined)

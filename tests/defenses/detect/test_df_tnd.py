@@ -112,6 +112,15 @@ def test_efficiency_flags_a_small_mask_margin_beside_an_attractor():
     assert flagged == [0] and float(score[0]) == pytest.approx(3.0 * 3.5)
 
 
+def test_implied_thresholds_move_with_t():
+    """T_abs = T * margin_scale and T_eff = T * efficiency_scale: 27 logits and 1 logit per pixel at the
+    preset T = 3.5; at a calibrated T = 2.5561, 27 * 2.5561 / 3.5 = 19.72 and 2.5561 / 3.5 = 0.7303."""
+    assert DFTND().implied_thresholds() == pytest.approx({"margin_threshold": 27.0, "efficiency_threshold": 1.0})
+    x = DFTND().implied_thresholds(2.5561)
+    assert x == pytest.approx({"margin_threshold": 19.7184, "efficiency_threshold": 0.73031}, rel=1e-4)
+    assert DFTND(threshold=2.5561).implied_thresholds() == x
+
+
 def test_threshold_set_to_a_margin_decided_score_flags_nothing():
     """Scores do not depend on T, so T set to a model's own score (``calibrate``) never flags it, also when
     the margin term decides the score (9 / 8.55 = 1.05 < 9 / margin_scale = 1.17)."""

@@ -237,6 +237,12 @@ class DFTND(Detector):
         positive(name, "efficiency_scale", self.efficiency_scale)
         in_range(name, "mask_init", self.mask_init, 0.0, 1.0)
 
+    def implied_thresholds(self, threshold: float | None = None) -> dict[str, float]:
+        """The criteria's own thresholds at T = ``threshold`` (default: this detector's T): T_abs in logits on
+        the margin and T_eff in logits per mask pixel (``scan --reference`` reports them after calibration)."""
+        t = self.threshold if threshold is None else threshold
+        return {"margin_threshold": t * self.margin_scale, "efficiency_threshold": t * self.efficiency_scale}
+
     def detect(self, model: torch.nn.Module, clean=None, *, generator: torch.Generator | None = None,
                progress: Progress = None) -> Verdict:
         shape = self._input_shape(model, clean)
