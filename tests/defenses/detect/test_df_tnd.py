@@ -113,9 +113,13 @@ def test_efficiency_flags_a_small_mask_margin_beside_an_attractor():
 
 
 def test_implied_thresholds_move_with_t():
-    """T_abs = T * margin_scale and T_eff = T * efficiency_scale: 27 logits and 1 logit per pixel at the
-    preset T = 3.5; at a calibrated T = 2.5561, 27 * 2.5561 / 3.5 = 19.72 and 2.5561 / 3.5 = 0.7303."""
-    assert DFTND().implied_thresholds() == pytest.approx({"margin_threshold": 27.0, "efficiency_threshold": 1.0})
+    """T_abs = T * margin_scale and T_eff = T * efficiency_scale, the scales fixed at T = 3.5 (27 logits, 1 logit
+    per pixel): at the preset T = 2.5, 27 * 2.5 / 3.5 = 19.286 and 2.5 / 3.5 = 0.7143; at a calibrated
+    T = 2.5561, 19.72 and 0.7303."""
+    assert DFTND().threshold == 2.5
+    assert DFTND().implied_thresholds() == pytest.approx({"margin_threshold": 19.2857, "efficiency_threshold": 0.71429},
+                                                         rel=1e-4)
+    assert DFTND().implied_thresholds(3.5) == pytest.approx({"margin_threshold": 27.0, "efficiency_threshold": 1.0})
     x = DFTND().implied_thresholds(2.5561)
     assert x == pytest.approx({"margin_threshold": 19.7184, "efficiency_threshold": 0.73031}, rel=1e-4)
     assert DFTND(threshold=2.5561).implied_thresholds() == x

@@ -155,12 +155,13 @@ from ...roles import Detector, Progress
 from ...triggers import PatchTrigger
 from ...types import Verdict
 
-THRESHOLD = 3.5  # T on the margin ratio; how it was chosen: module docstring
-MARGIN_THRESHOLD = 27.0  # logits: T_abs on the top margin itself (the paper's absolute rule); module docstring
-MARGIN_SCALE = MARGIN_THRESHOLD / THRESHOLD  # logits per unit of T: T_abs = T * margin_scale
+THRESHOLD = 2.5  # T on the score (3 starts, sixth session; 3.5 with one start before); module docstring
+# The criteria's scales stay those fixed with one start at T = 3.5 (T_abs 27 logits, T_eff 1 logit per pixel):
+MARGIN_SCALE = 27.0 / 3.5  # logits per unit of T: T_abs = T * margin_scale (19.3 logits at T = 2.5)
+MARGIN_THRESHOLD = THRESHOLD * MARGIN_SCALE  # logits: T_abs on the top margin itself (the paper's absolute rule)
 MARGIN_FLOOR = 1.0  # logits: a runner-up margin below this counts as this
-EFFICIENCY_THRESHOLD = 1.0  # logits per mask pixel: T_eff on margin / mask L1 (fifth session; module docstring)
-EFFICIENCY_SCALE = EFFICIENCY_THRESHOLD / THRESHOLD  # T_eff = T * efficiency_scale
+EFFICIENCY_SCALE = 1.0 / 3.5  # logits per mask pixel per unit of T: T_eff = T * efficiency_scale (0.71 at 2.5)
+EFFICIENCY_THRESHOLD = THRESHOLD * EFFICIENCY_SCALE  # T_eff on margin / mask L1 (fifth session; module docstring)
 MASK_FLOOR = 1.0  # pixels: a mask L1 below this counts as this in the efficiency
 
 
@@ -173,7 +174,9 @@ class DFTNDEvidence:
     ratio: torch.Tensor            # (K,) s_k / max(floor, max_{j != k} s_j)
     efficiency: torch.Tensor       # (K,) s_k / max(mask_floor, mask L1_k): margin per mask pixel
     score: torch.Tensor            # (K,) max(ratio_k, s_k / margin_scale, efficiency_k / efficiency_scale)
-    objective: torch.Tensor        # (K,) eq. 6 at the end of each label's maximisation
+    objective: torch.Tensor        # (K,) eq. 6 at the end of each label's chosen (best) start
+    start_objectives: torch.Tensor  # (K, S) eq. 6 at the end of every start of every label
+    chosen_start: torch.Tensor     # (K,) the start whose maximisation is reported for label k (argmax of eq. 6)
     mask_l1: torch.Tensor          # (K,) mean ||m_i||_1 of each label's per-input masks
     trigger: PatchTrigger          # the top label's (m, δ), averaged over its noise inputs
     neuron_weights: torch.Tensor   # (d,) w of the top label's maximisation (on the simplex)
@@ -199,7 +202,8 @@ class DFTNDEvidence:
         return {"labels": list(self.labels), "logit_increase": self.logit_increase.tolist(),
                 "margin": self.margin.tolist(), "ratio": self.ratio.tolist(),
                 "efficiency": self.efficiency.tolist(), "score": self.score.tolist(),
-                "objective": self.objective.tolist(), "mask_l1": self.mask_l1.tolist(),
+                "objective": self.objective.tolist(), "start_objectives": self.start_objectives.tolist(),
+                "chosen_start": self.chosen_start.tolist(), "mask_l1": self.mask_l1.tolist(),
                 "trigger_l1": self.trigger.l1(), "top_neurons": list(self.top_neurons),
                 "noise_inputs": self.noise_inputs}
 
@@ -210,7 +214,8 @@ class DFTND(Detector):
 
     data_free: ClassVar[bool] = True  # needs no clean data (``Combined`` and ``scan --no-data``)
 
-    noise_inputs: int = 10          # N random-noise inputs per label (the official code uses 10)
+    noise_inputs: int = 10          # N random-noise inputs per label and start (the official code uses 10)
+    starts: int = 3                 # S independent maximisations per label; the best eq. 6 objective is kept
     noise_max: float = 0.1          # noise inputs uniform in [0, noise_max]
     steps: int = 150                # sign-gradient iterations with per-input (m_i, δ_i)
     refine_steps: int = 150         # iterations from the averaged (m, δ), per input again
@@ -225,6 +230,7 @@ class DFTND(Detector):
     def __post_init__(self) -> None:
         name = type(self).__name__
         positive(name, "noise_inputs", self.noise_inputs, integer=True)
+        positive(name, "starts", self.starts, integer=True)
         in_range(name, "noise_max", self.noise_max, 0.0, 1.0)
         positive(name, "noise_max", self.noise_max)
         positive(name, "steps", self.steps, integer=True)
@@ -252,25 +258,30 @@ class DFTND(Detector):
                              "(the final Linear layer): every backdoorlab model has both.")
         dev = device_of(model)
         g = new_generator(generator_seed(generator))
-        x = (self.noise_max * torch.rand(self.noise_inputs, *shape, generator=g)).to(dev)  # noise inputs
-        K, N = head.weight.shape[0], self.noise_inputs
+        K, N, S = head.weight.shape[0], self.noise_inputs, self.starts
+        x = (self.noise_max * torch.rand(S * N, *shape, generator=g)).to(dev)    # start s: rows s*N..(s+1)*N-1
         with eval_mode(model), frozen(model):
-            m, d, w, objective = self._maximize_responses(model, x, g, progress)
+            m, d, w, objective = self._maximize_responses(model, x, S, g, progress)   # rows (k, s, n)
             with torch.no_grad():
                 X = x.repeat(K, *([1] * (x.dim() - 1)))
                 x_hat = (1 - m) * X + m * d
-                increase = (model(x_hat).view(K, N, K) - model(x)).mean(1).cpu()   # eq. 7 per label k
+                increase = (model(x_hat).view(K, S, N, K) - model(x).view(1, S, N, K)).mean(2).cpu()  # eq. 7
+        objective = objective.view(K, S).cpu()
+        best = objective.argmax(1)                        # per label, the start that maximised eq. 6 best
+        rows_k = torch.arange(K)
+        increase = increase[rows_k, best]                 # (K, K): row k from label k's best start
+        mask_l1 = m.flatten(1).sum(1).view(K, S, N).mean(2).cpu()[rows_k, best]
         margin = increase.diagonal() - _other_max(increase).clamp_min(0)
-        mask_l1 = m.flatten(1).sum(1).view(K, N).mean(1).cpu()
         efficiency = margin / mask_l1.clamp_min(MASK_FLOOR)
         ratio, score, flagged = ratio_rule(margin, self.threshold, self.margin_scale, efficiency=efficiency,
                                            efficiency_scale=self.efficiency_scale)
         top = int(score.argmax())
-        rows = slice(top * N, (top + 1) * N)
-        w_top = w[top].cpu()
+        p = top * S + int(best[top])                      # the top label's chosen problem
+        rows = slice(p * N, (p + 1) * N)
+        w_top = w[p].cpu()
         evidence = DFTNDEvidence(
             logit_increase=increase, margin=margin, ratio=ratio, efficiency=efficiency, score=score,
-            objective=objective.cpu(), mask_l1=mask_l1,
+            objective=objective[rows_k, best], start_objectives=objective, chosen_start=best, mask_l1=mask_l1,
             trigger=PatchTrigger(mask=m[rows].mean(0).cpu(), pattern=d[rows].mean(0).cpu()),
             neuron_weights=w_top,
             top_neurons=tuple(int(i) for i in torch.argsort(w_top, descending=True)[:5]),
@@ -290,13 +301,15 @@ class DFTND(Detector):
                              "`input_shape` (every backdoorlab model has one) or a few images.")
         return tuple(int(s) for s in shape)
 
-    def _maximize_responses(self, model, x, g, progress):
-        """Eq. 6 by projected sign-gradient ascent, once per label k, all labels in one batch.
+    def _maximize_responses(self, model, x, S, g, progress):
+        """Eq. 6 by projected sign-gradient ascent, S times per label k, all K x S problems in one batch.
 
-        Label k's problem starts w on the neurons that raise label k (w ∝ positive part of the head's
-        row k) and keeps w on the simplex restricted to them; its N inputs carry per-input (m_i, δ_i),
-        averaged after ``steps`` iterations and refined per input for ``refine_steps`` more."""
-        N, C, H, W = x.shape
+        Problem (k, s) (row block k*S + s) maximises on start s's N noise inputs; it starts w on the neurons
+        that raise label k (w ∝ positive part of the head's row k) and keeps w on the simplex restricted to
+        them; its N inputs carry per-input (m_i, δ_i), averaged after ``steps`` iterations and refined per
+        input for ``refine_steps`` more.  Returns (m, δ, w, objective) with objective of shape (K * S,)."""
+        SN, C, H, W = x.shape
+        N = SN // S
         Wh = model.head.weight.detach().clamp_min(0)                             # (K, d)
         K = Wh.shape[0]
         support = Wh > 0
@@ -304,23 +317,25 @@ class DFTND(Detector):
             dead = [int(k) for k in (~support.any(1)).nonzero().flatten()]
             raise ValueError(f"DF-TND needs every label to have a penultimate neuron that raises it "
                              f"(a positive weight in model.head); labels {dead} have none.")
-        w = Wh / Wh.sum(1, keepdim=True).clamp_min(1e-12)
-        X = x.repeat(K, 1, 1, 1)                                  # rows k*N..(k+1)*N-1: label k
-        m = torch.full((K * N, 1, H, W), self.mask_init, device=x.device)
-        d = torch.rand(K * N, C, H, W, generator=g).to(x.device)
+        support = support.repeat_interleave(S, 0)                                # (K * S, d)
+        w = (Wh / Wh.sum(1, keepdim=True).clamp_min(1e-12)).repeat_interleave(S, 0)
+        P = K * S                                                                # problems, k-major
+        X = x.repeat(K, 1, 1, 1)                                  # rows p*N..(p+1)*N-1: problem p = k*S + s
+        m = torch.full((P * N, 1, H, W), self.mask_init, device=x.device)
+        d = torch.rand(P * N, C, H, W, generator=g).to(x.device)
         total = self.steps + self.refine_steps
         ramp = max(1.0, self.lam_warmup * total)
         done = 0
         for phase, n_steps in ((0, self.steps), (1, self.refine_steps)):
-            if phase == 1:   # official: every input restarts from its label's average (m, δ)
-                m = m.view(K, N, 1, H, W).mean(1, keepdim=True).expand(K, N, 1, H, W).reshape(K * N, 1, H, W)
-                d = d.view(K, N, C, H, W).mean(1, keepdim=True).expand(K, N, C, H, W).reshape(K * N, C, H, W)
+            if phase == 1:   # official: every input restarts from its problem's average (m, δ)
+                m = m.view(P, N, 1, H, W).mean(1, keepdim=True).expand(P, N, 1, H, W).reshape(P * N, 1, H, W)
+                d = d.view(P, N, C, H, W).mean(1, keepdim=True).expand(P, N, C, H, W).reshape(P * N, C, H, W)
             for _ in range(n_steps):
                 lam = self.lam * min(1.0, done / ramp)
                 m, d, w = (t.detach().requires_grad_(True) for t in (m, d, w))
-                r = model.features((1 - m) * X + m * d).view(K, N, -1)              # (K, N, d)
+                r = model.features((1 - m) * X + m * d).view(P, N, -1)              # (P, N, d)
                 objective = ((r * w.unsqueeze(1)).sum(2).mean(1)
-                             - lam * m.flatten(1).sum(1).view(K, N).mean(1))        # (K,) eq. 6 per label
+                             - lam * m.flatten(1).sum(1).view(P, N).mean(1))        # (P,) eq. 6 per problem
                 gm, gd, gw = torch.autograd.grad(objective.sum(), [m, d, w])
                 with torch.no_grad():
                     d = (d + self.step_size * gd.sign()).clamp(0, 1)
