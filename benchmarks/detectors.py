@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
     ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
                     help="a: the evaluation population (results/detectors.md); b, c: the same members with fresh "
-                         "seeds, re-tests (results/detectors_b.md, _c.md; b is blind except for DF-TND's "
-                         "T_eff, c is blind)")
+                         "seeds, re-tests (results/detectors_b.md, _c.md, _d.md); d is the blind test of every "
+                         "rule in use, b and c are blind for NC and DL-TND only)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shard = tuple(int(v) for v in args.shard.split("/"))
@@ -147,8 +147,8 @@ def _failures(inf, cln, t_cal, calib) -> str:
                                                       f"{e['mask_l1'][k1]:.1f})")
         lines.append(f"- DF-TND {what} its top-scoring label is {k1} (margin {s[k1]:.1f}), the largest other margin "
                      f"label {k2}'s ({s[k2]:.1f}): ratio {ratio:.2f}{eff_text}, score {v['score']:.2f} vs T = "
-                     f"{v['threshold']:.1f} (the margin alone counts above {v['threshold'] * MARGIN_SCALE:g} logits, "
-                     f"the margin per mask pixel above {v['threshold'] * EFFICIENCY_SCALE:g}).")
+                     f"{v['threshold']:.1f} (the margin alone counts above {v['threshold'] * MARGIN_SCALE:.1f} logits, "
+                     f"the margin per mask pixel above {v['threshold'] * EFFICIENCY_SCALE:.2f}).")
     return "\n".join(lines) or "none"
 
 
@@ -156,14 +156,21 @@ BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py'
     "b": ("It was trained after DF-TND's margin threshold T_abs and the calibrated DL-TND threshold were fixed: a "
           "blind test of those rules. NOT blind for DF-TND's margin-per-mask-pixel criterion (T_eff), which was "
           "added in the next session after this population's DF-TND misses had been seen (population c is its "
-          "blind test). "),
-    "c": ("It was trained after every threshold in use was fixed - DF-TND's T, T_abs and its margin-per-mask-pixel "
-          "criterion T_eff (added after population b's misses were seen), and the calibrated DL-TND threshold - "
-          "and nothing was changed after it was scanned: a blind test of all of them. "),
+          "blind test). NOT blind for DF-TND's three starts and T = 2.5 either (sixth session), chosen on "
+          "populations a, b and c (population d is their blind test). "),
+    "c": ("It was trained after every threshold in use in the fifth session was fixed - DF-TND's one-start T = 3.5, "
+          "T_abs and its margin-per-mask-pixel criterion T_eff, and the calibrated DL-TND threshold - and was their "
+          "blind test (DF-TND then: 7/10 detected, 1/10 clean flagged, not met; calibrated 8/10, 1/10; git "
+          "6f6f6f6:benchmarks/results/detectors_c.md). NOT blind for DF-TND's three starts and T = 2.5 (sixth "
+          "session), chosen on populations a, b and c after that result; population d is their blind test. "),
+    "d": ("It was declared (commit e52cdfb) and trained before the sixth session's DF-TND rule - three starts per "
+          "label, T = 2.5 (commit 16cbd90) - was fixed, after every other threshold in use, and nothing was "
+          "changed after it was scanned: a blind test of every rule in use. "),
 }
 
 
-TITLE = {"b": "re-test, blind except for DF-TND's T_eff", "c": "blind re-test"}
+TITLE = {"b": "re-test, blind except for DF-TND", "c": "re-test, blind except for DF-TND's sixth-session rule",
+         "d": "blind re-test"}
 
 
 def _population_text(which: str) -> str:
@@ -180,7 +187,7 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
     blind = ("The calibration rule and references were fixed before this population was trained." if which != "a" else
              "The rule (largest reference score) was fixed in the previous session with 4 references; the 8 more "
              "were trained after the evaluation scores had been seen, so this is not a blind test "
-             "(populations b and c are: b of the references and T_abs, c of everything including DF-TND's T_eff).")
+             "(populations b, c and d are).")
     n_ref = len(next(iter(calib.values())))
     lines = [f"`(T calibrated)` rows: the detector's threshold T set to the largest score among {n_ref} clean reference "
              "models (`calib-s0..`, the population's recipe with other seeds; never the evaluation models) - what "
@@ -230,7 +237,7 @@ def report(records, names, calib=None, which: str = "a") -> str:
         if n in stats:
             det, fp, _ = stats[n]
             ok = det >= 0.8 * len(inf) and fp <= 2
-            seen = (n.startswith("df-tnd") and which in ("a", "b")) or (which == "a" and "calibrated" in n)
+            seen = (n.startswith("df-tnd") and which in ("a", "b", "c")) or (which == "a" and "calibrated" in n)
             accept.append(f"- {n}: {det}/{len(inf)} detected, {fp}/{len(cln)} clean flagged -> "
                           f"**{'met' if ok else 'not met'}**" + (" (not blind: a rule it uses was set after this "
                                                                  "population's results were seen)" if seen else ""))
@@ -250,7 +257,11 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "every infected one ASR >= 90% on "
         "the test set, columns below). Library defaults, inputs as `backdoorlab scan --seed 0` gives them: "
         "NC a 5% clean training subset (3,000 images); DL-TND one clean image per class; DF-TND no data. "
-        "No threshold was tuned on this population. Target accuracy = infected models whose top suspect is the "
+        + ({"d": "No threshold was tuned on this population. ",
+            "a": "DF-TND's rules were set with this population's results in view (see the acceptance notes); NC and "
+                 "DL-TND use their papers' rules. "}.get(which,
+           "DF-TND's three starts and T = 2.5 were chosen on populations a, b and c (sixth session); no other "
+           "threshold was tuned on this population. ")) + "Target accuracy = infected models whose top suspect is the "
         "true target. Seconds per model: one thread, the 2-core CPU shared with other developers' jobs "
         "(indicative only); combined = sum of the three.",
         "Combined rules (`defenses/detect/combined.py`): `combined` = the default rule "
@@ -262,9 +273,9 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "### Acceptance (issue 7)\n\n" + "\n".join(accept) + (
             "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "
             "T were trained, after this population's results had been seen; so was DF-TND's margin-per-mask-pixel "
-            "criterion (T_eff, after population b). Populations b and c (same members, fresh seeds, "
-            "`results/detectors_b.md`, `_c.md`) are the blind tests: b of T_abs and the references, c of "
-            "everything including T_eff." if which == "a" else ""),
+            "criterion (T_eff, after population b), and DF-TND's three starts and T = 2.5 were chosen on populations "
+            "a, b and c. Population d (same members, fresh seeds, `results/detectors_d.md`) is the blind test of "
+            "every rule in use." if which == "a" else ""),
         "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal.get("dl-tnd"), calib.get("dl-tnd", ())),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",

@@ -30,8 +30,9 @@ infected + 10 clean MNIST badnets-cnn models, never the evaluation population of
    them; on U[0, 0.1] the true trigger's margin is 6-31 logits for every working backdoor
    (``runs/dftnd-calib/oracle2.py``).  Low-amplitude noise is near the dark MNIST background; for
    data whose inputs are not dark, re-check ``noise_max`` with that script.
-2. One maximisation of eq. 6 per label k, all K of them rows of one batched forward (K x N images
-   per step).  In label k's problem w starts on the neurons that raise label k (w proportional to
+2. ``starts`` = 3 maximisations of eq. 6 per label k (each on its own N noise inputs and δ start), all
+   K x 3 of them rows of one batched forward (K x 3 x N images per step); per label the start that
+   reached the largest eq. 6 objective is the one reported (sixth session, see below; one start before).  In label k's problem w starts on the neurons that raise label k (w proportional to
    the positive part of the head's row k) and stays on the simplex restricted to them.  A single
    free w concentrates on whichever neuron noise excites most (in clean models and infected
    ones alike: strokes that draw a digit), and the trigger's neurons were rarely the ones chosen;
@@ -56,7 +57,8 @@ infected + 10 clean MNIST badnets-cnn models, never the evaluation population of
    positive group reach 3.7 with 3 labels "flagged", and the hijacked rows of an infected model
    (other labels' maximisations that also found the trigger, margin << 0) inflate the MAD.
 
-How T was chosen (never on the evaluation population): with these defaults (generator seed 0) on 12
+How the one-start T = 3.5 was chosen (superseded by the sixth session's three starts and T = 2.5, below;
+never on the evaluation population): with these defaults (generator seed 0) on 12
 clean MNIST badnets-cnn calibration models - ``runs/population/calib-s0..3`` (the population's own
 recipe, other seeds) and ``runs/dftnd-calib/{calib,full}-s500..503`` (12,000-image subset / full
 split, 2 epochs) - the top ratio was 1.02-1.74.  T = 3.5 is that largest ratio doubled and rounded
@@ -113,9 +115,30 @@ flagged at the preset, and after calibration to T = 2.56 (T_eff 0.73) a 0.74-log
 blend10-t8 (margin 0.70 at L1 1.11) shows margins of that size with one-pixel masks do occur.  A
 floor on the term would be a new rule and needs a new blind population.
 
+Three starts and T = 2.5 (sixth session): the score's worst noise is in the clean models.  Rerun with
+two more generator seeds (``runs/dfprobe6.py``, ``runs/dfan6*.py``), a single start's top clean score
+moved from 2.56 to 3.11 to 10.14 on the same 12 references (one maximisation whose runner-up label
+collapsed to 0.5 logits, a ratio of 10) and up to 9.87 on the 30 clean models of populations a-c, while
+the infected targets' margins moved little (blend10-t8 of a: 8.4, 8.4, 8.7 logits).  Eq. 6 is a
+non-convex maximisation; keeping, per label, the best of 3 starts (by eq. 6's own objective, not by
+the detection score) is the usual remedy, and it shrank the clean tail: on populations a, b and c with
+the 12 references (42 clean models) the top clean scores were 3.31, 2.85, 2.58, 2.42, ... instead of
+9.87, 6.97, 5.82, ... for single starts.  T = 2.5 was then chosen on those data - now development data,
+no longer blind - as the lowest T on a 0.1 grid keeping each population at <= 1 clean model flagged: at
+T = 2.5, a 9/10 detected at the right target with 1/10 clean flagged, b 8/10 and 0/10, c 8/10 and 0/10
+(T = 2.4 flags 2 of a's clean models; T = 3.0 detects 8, 8, 8).  The criteria's scales are those fixed
+at T = 3.5, so T_abs = 19.3 logits and T_eff = 0.71 logits per mask pixel.  With this library code
+(3 starts, generator seed 0), the 12 references score 1.27-1.91 (``runs/dfref6.py``).  Population d
+(``benchmarks/population.py --population d``), declared in e52cdfb and trained before the rule was
+fixed (16cbd90), is its blind test (``benchmarks/results/detectors_d.md``): 9/10 detected, all at the
+right target (the miss: the centre square, score 2.08, as in a, b and c), and 2/10 clean models flagged
+(scores 3.92 and 2.77) - the issue's bar (>= 80%, <= 2 false positives) met, the false positives at its
+limit.  Cost: three times the single start's (47-78 s per MNIST model on one thread, four jobs
+sharing the 2 cores).
+
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
-[0, 1]; w takes a step and is projected onto the simplex.  After ``steps`` iterations each label's
+[0, 1]; w takes a step and is projected onto the simplex.  After ``steps`` iterations each problem's (label and start)
 per-input (m_i, δ_i) are averaged and every input restarts from that average for ``refine_steps``
 more (as official).  L_k of eq. 7 is read on the refined per-input perturbations.
 
@@ -127,9 +150,8 @@ Deviations:
   flagged for the stronger one.
 - Budget: 10 noise inputs per label as the official code, 150 + 150 iterations at step 0.02
   (official notebook: 1000 + 1000 at step 0.1, CIFAR-10 / ResNet-50 on a GPU); λ = 0.1 on the
-  per-image mean ||m||_1 (official: γ = 1e-3 on the batch total, no warm-up).  Cost: K x N images
-  per step (about 100 s per MNIST model on one thread of the shared CPU; the single maximisation
-  was ~10x cheaper).
+  per-image mean ||m||_1 (official: γ = 1e-3 on the batch total, no warm-up).  Cost: K x 3 x N
+  images per step (3 starts per label; the official code's single maximisation is ~30x cheaper).
 - w: the official code takes sign steps on w, which (all responses being >= 0) keep w uniform over
   the active neurons; a step proportional to the gradient (normalised by its largest entry) lets w
   single out neurons as eq. 6 means.
