@@ -36,6 +36,9 @@ from backdoorlab.defenses.detect.df_tnd import EFFICIENCY_SCALE, MARGIN_SCALE  #
 
 DETECTOR_NAMES = ("neural-cleanse", "dl-tnd", "df-tnd")
 CALIBRATED = ("dl-tnd", "df-tnd")   # shown again with T = the largest score of the clean reference models
+# DF-TND's fifth-session rule (one start, T = 3.5; starts=1 draws exactly what that code drew), shown beside
+# the sixth session's three starts and T = 2.5 so the change is compared on the same models in one table
+PREVIOUS = ("df-tnd (session 5: 1 start, T = 3.5)", "df-tnd", {"starts": 1, "threshold": 3.5})
 
 
 def main(argv=None) -> int:
@@ -59,10 +62,12 @@ def main(argv=None) -> int:
     for m in population(shard=shard, which=args.population, train_missing=False):
         records.append({"name": m.name, "infected": m.infected, "target": m.target, "ca": m.ca, "asr": m.asr,
                         "raw": {n: cached_verdict(m, n, train) for n in names}})
+        if PREVIOUS[1] in names:
+            records[-1]["previous"] = cached_verdict(m, PREVIOUS[1], train, PREVIOUS[2])
     # the TNDs' thresholds recalibrated on the calib-* clean reference models (never the evaluation ones)
     refs = calibration(train_missing=False) if set(CALIBRATED) & set(names) else []
     calib = {n: [cached_verdict(m, n, train) for m in refs] for n in CALIBRATED if n in names and refs}
-    if (shard != (0, 1) or any(v is None for r in records for v in r["raw"].values())
+    if (shard != (0, 1) or any(v is None for r in records for v in [*r["raw"].values(), r.get("previous", 0)])
             or any(v is None for vs in calib.values() for v in vs)):
         print("some verdicts are still being computed by another process; no report")
         return 0
@@ -202,6 +207,7 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
 def report(records, names, calib=None, which: str = "a") -> str:
     from backdoorlab._stats import auroc, threshold_at_fpr
     from backdoorlab.defenses.detect.combined import Combined
+    from backdoorlab.types import Verdict
 
     calib = dict(calib or {})
     t_cal = {n: threshold_at_fpr(torch.tensor([c["score"] for c in vs]), 0.0) for n, vs in calib.items()}  # = calibrate()
@@ -213,6 +219,11 @@ def report(records, names, calib=None, which: str = "a") -> str:
         for n, t in t_cal.items():
             r["verdicts"][f"{n} (T calibrated)"] = _recalibrated(n, r["raw"][n], t)
             r["seconds"][f"{n} (T calibrated)"] = r["seconds"][n]
+        if r.get("previous"):
+            p = r["previous"]
+            r["verdicts"][PREVIOUS[0]] = Verdict(backdoored=p["backdoored"], score=p["score"],
+                                                 threshold=p["threshold"], suspects=tuple(p["suspects"]))
+            r["seconds"][PREVIOUS[0]] = p["seconds"]
     cols = list(records[0]["verdicts"])
     inf = [r for r in records if r["infected"]]
     cln = [r for r in records if not r["infected"]]
@@ -270,6 +281,10 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "label; vote = at least 2 of 3 flag; any / all.",
         md_table(["detector", "detection rate", "false positives", "target accuracy", "AUROC", "s / model"], rows),
         _calibration_text(calib, t_cal, which),
+        (f"`{PREVIOUS[0]}`: DF-TND's previous rule (one maximisation per label, T = 3.5, so T_abs = 27 logits and "
+         "T_eff = 1 logit per mask pixel) on the same models with the same seed - what the fifth session's code "
+         "gave - shown for comparison only. Population c was that rule's blind test; d is blind for both."
+         if any(r.get("previous") for r in records) else ""),
         "### Acceptance (issue 7)\n\n" + "\n".join(accept) + (
             "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "
             "T were trained, after this population's results had been seen; so was DF-TND's margin-per-mask-pixel "

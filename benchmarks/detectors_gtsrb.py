@@ -60,12 +60,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     names = [n for n in args.detectors.split(",") if n]
     train, test = load_dataset("gtsrb", "train", SHARED_DATA), load_dataset("gtsrb", "test", SHARED_DATA)
-    rows, notes = [], []
+    rows, notes, pending = [], [], []
     for m in members(train, test):
         raw = {n: cached_verdict(m, n, train) for n in names}
-        if any(v is None for v in raw.values()):
-            print(f"{m.name}: a verdict is being computed by another process; no report")
-            return 0
+        if any(v is None for v in raw.values()):   # another process has it: go on with the next model
+            pending.append(m.name)
+            continue
         verdicts = _verdicts({"raw": raw}, names) if set(names) == set(DETECTOR_NAMES) else {}
         cells = [m.name, f"{100 * m.ca:.2f}", "-" if m.asr is None else f"{100 * m.asr:.2f}",
                  "-" if m.target is None else m.target]
@@ -88,6 +88,9 @@ def main(argv=None) -> int:
             top = max(range(len(sim)), key=lambda k: sim[k])
             notes.append(f"- DL-TND on {m.name}: similarity at the true target = {sim[m.target]:.3f}; largest "
                          f"{sim[top]:.3f} at label {top}.")
+    if pending:
+        print(f"{', '.join(pending)}: verdicts still being computed by another process; no report")
+        return 0
     nc_note = ("" if "neural-cleanse" in names else "  Neural Cleanse's verdicts on the same two models: the Neural "
                "Cleanse GTSRB section (its own clean set and budget).") + ("" if "dl-tnd" in names else
                "  DL-TND was not run here: about an hour per model on this CPU by FLOP scaling (module docstring).")

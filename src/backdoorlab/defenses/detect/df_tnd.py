@@ -32,7 +32,8 @@ infected + 10 clean MNIST badnets-cnn models, never the evaluation population of
    data whose inputs are not dark, re-check ``noise_max`` with that script.
 2. ``starts`` = 3 maximisations of eq. 6 per label k (each on its own N noise inputs and δ start), all
    K x 3 of them rows of one batched forward (K x 3 x N images per step); per label the start that
-   reached the largest eq. 6 objective is the one reported (sixth session, see below; one start before).  In label k's problem w starts on the neurons that raise label k (w proportional to
+   reached the largest eq. 6 objective is the one reported (sixth session, see below; one start
+   before).  In label k's problem w starts on the neurons that raise label k (w proportional to
    the positive part of the head's row k) and stays on the simplex restricted to them.  A single
    free w concentrates on whichever neuron noise excites most (in clean models and infected
    ones alike: strokes that draw a digit), and the trigger's neurons were rarely the ones chosen;
@@ -121,26 +122,33 @@ moved from 2.56 to 3.11 to 10.14 on the same 12 references (one maximisation who
 collapsed to 0.5 logits, a ratio of 10) and up to 9.87 on the 30 clean models of populations a-c, while
 the infected targets' margins moved little (blend10-t8 of a: 8.4, 8.4, 8.7 logits).  Eq. 6 is a
 non-convex maximisation; keeping, per label, the best of 3 starts (by eq. 6's own objective, not by
-the detection score) is the usual remedy, and it shrank the clean tail: on populations a, b and c with
-the 12 references (42 clean models) the top clean scores were 3.31, 2.85, 2.58, 2.42, ... instead of
-9.87, 6.97, 5.82, ... for single starts.  T = 2.5 was then chosen on those data - now development data,
-no longer blind - as the lowest T on a 0.1 grid keeping each population at <= 1 clean model flagged: at
-T = 2.5, a 9/10 detected at the right target with 1/10 clean flagged, b 8/10 and 0/10, c 8/10 and 0/10
-(T = 2.4 flags 2 of a's clean models; T = 3.0 detects 8, 8, 8).  The criteria's scales are those fixed
-at T = 3.5, so T_abs = 19.3 logits and T_eff = 0.71 logits per mask pixel.  With this library code
-(3 starts, generator seed 0), the 12 references score 1.27-1.91 (``runs/dfref6.py``).  Population d
-(``benchmarks/population.py --population d``), declared in e52cdfb and trained before the rule was
-fixed (16cbd90), is its blind test (``benchmarks/results/detectors_d.md``): 9/10 detected, all at the
-right target (the miss: the centre square, score 2.08, as in a, b and c), and 2/10 clean models flagged
-(scores 3.92 and 2.77) - the issue's bar (>= 80%, <= 2 false positives) met, the false positives at its
-limit.  Cost: three times the single start's (47-78 s per MNIST model on one thread, four jobs
-sharing the 2 cores).
+the detection score) is the usual remedy.  Recombined offline from those three seeded runs (best of 3
+by objective), the clean tail shrank: on populations a, b and c with the 12 references (42 clean
+models) the top clean scores were 3.31, 2.85, 2.58, 2.42, ... instead of 9.87, 6.97, 5.82, ... for
+single starts.  T = 2.5 was then chosen on those offline scores - populations a, b, c are development
+data now, no longer blind - as the lowest T on a 0.1 grid keeping each population at <= 1 clean model
+flagged (offline: a 9/10 at the right target with 1/10 clean flagged, b 8/10 and 0/10, c 8/10 and 0/10;
+T = 2.4 flags 2 of a's clean models, T = 3.0 detects 8, 8, 8).  The criteria's scales are those fixed
+at T = 3.5, so T_abs = 19.3 logits and T_eff = 0.71 logits per mask pixel.
+Measured with this library code (3 starts in one batch, generator seed 0 as ``scan --seed 0``; its draws
+differ from the offline recombination): the 12 references score 1.27-1.91; population a 10/10 detected
+(9 at the right target) with 3/10 clean flagged (ratios 3.60, 5.04, 3.59 - the tail shrank but did not
+go), b 9/10 (8) with 0/10, c 8/10 (8) with 0/10. Population d (``benchmarks/population.py --population
+d``), declared in e52cdfb and trained before the rule was fixed (16cbd90), is its blind test
+(``benchmarks/results/detectors_d.md``): 9/10 detected, all at the right target (the 10% blend only
+just: score 2.51; the miss: the centre square, score 2.08, missed or mislabelled in every population),
+and 2/10 clean models flagged (scores 3.92 and 2.77) - the issue's bar (>= 80%, <= 2 false positives)
+met on d, the false positives at its limit, and missed on a by one false positive. The fifth session's
+rule (one start, T = 3.5) on d with the same seed: 6/10 detected, 0/10 clean flagged - its single
+maximisations found neither BadNets pattern (scores 1.57 and 1.18; three starts: 3.32 and 3.73) nor the
+10% blend. Cost: three times the single start's (30-78 s per MNIST model on one thread while other jobs
+shared the 2 cores).
 
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
-[0, 1]; w takes a step and is projected onto the simplex.  After ``steps`` iterations each problem's (label and start)
-per-input (m_i, δ_i) are averaged and every input restarts from that average for ``refine_steps``
-more (as official).  L_k of eq. 7 is read on the refined per-input perturbations.
+[0, 1]; w takes a step and is projected onto the simplex. After ``steps`` iterations each problem's
+(label and start) per-input (m_i, δ_i) are averaged and every input restarts from that average for
+``refine_steps`` more (as official). L_k of eq. 7 is read on the refined per-input perturbations.
 
 Deviations:
 - Noise distribution, per-label maximisations, λ warm-up and the ratio rule (points 1-4 above)
