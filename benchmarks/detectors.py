@@ -9,12 +9,13 @@ data ``backdoorlab scan --seed 0`` would give it:
   * Neural Cleanse: 5% clean training subset (3,000 images, the scan default),
   * DL-TND: ONE clean image per class (``--clean-per-class 1``),
   * DF-TND: NO data (``--no-data``; random-noise inputs),
-and ``Combined`` (rule in ``defenses/detect/combined.py``) over the three verdicts.  No threshold is
-chosen on this population: NC and DL-TND use the papers' rules (MAD index 2; the official code's
-λ bisection and T = 0.75 on the 0.25-quantile cosine); DF-TND uses whatever its module defines (see df_tnd.py).
+and ``Combined`` (rule in ``defenses/detect/combined.py``) over the three verdicts.  NC and DL-TND use
+the papers' rules (MAD index 2; the official code's λ bisection and T = 0.75 on the 0.25-quantile cosine);
+DF-TND uses whatever its module defines (see df_tnd.py; its rules were set with populations a, b and c
+in view, and population d is their blind test - each results file says which rules it tests blind).
 
-Verdicts are cached per model in ``runs/population/NAME.verdicts.json`` (DL-TND / DF-TND keyed by
-their source file's hash), so an interrupted run resumes and a changed detector is re-run.
+Verdicts are cached per model in ``runs/population*/NAME.verdicts.json`` (keyed by the detector module's
+code without docstrings), so an interrupted run resumes and a changed detector is re-run.
 
     OMP_NUM_THREADS=1 python benchmarks/population.py                 # train + cache the population
     OMP_NUM_THREADS=1 python benchmarks/detectors.py --detectors neural-cleanse,dl-tnd [--shard 0/2]
@@ -50,9 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
     ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
-                    help="a: the evaluation population (results/detectors.md); b, c: the same members with fresh "
-                         "seeds, re-tests (results/detectors_b.md, _c.md, _d.md); d is the blind test of every "
-                         "rule in use, b and c are blind for NC and DL-TND only)")
+                    help="a: the evaluation population (results/detectors.md); b, c, d: the same members with "
+                         "fresh seeds, re-tests (results/detectors_b.md, _c.md, _d.md); d is the blind test of "
+                         "every rule in use, b and c are blind for NC and DL-TND only)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shard = tuple(int(v) for v in args.shard.split("/"))
@@ -260,7 +261,7 @@ def report(records, names, calib=None, which: str = "a") -> str:
     accept.append(f"- combined (rule `{Combined.rule}`): {cd} detected / {cf} FP / {ct} right target vs best single "
                   f"detector {best} (by detected minus FP): {bd} / {bf} / {bt} -> at least as good on both "
                   f"counts: **{'yes' if ok else 'no'}**")
-    return "\n\n".join([
+    return "\n\n".join(part for part in [
         "## Detection population: Neural Cleanse vs DL-TND vs DF-TND (MNIST)" if which == "a" else
         f"## Detection population {which} (fresh seeds, {TITLE[which]}): " + " vs ".join(names) + " (MNIST)",
         _population_text(which) + f"{len(inf)} infected + {len(cln)} clean MNIST badnets-cnn models from `benchmarks/population.py` "
@@ -270,7 +271,9 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "NC a 5% clean training subset (3,000 images); DL-TND one clean image per class; DF-TND no data. "
         + ({"d": "No threshold was tuned on this population. ",
             "a": "DF-TND's rules were set with this population's results in view (see the acceptance notes); NC and "
-                 "DL-TND use their papers' rules. "}.get(which,
+                 "DL-TND use their papers' rules. ",
+            "b": "DF-TND's T_eff (fifth session) and its three starts and T = 2.5 (sixth) were chosen with this "
+                 "population's results in view; no other threshold was tuned on it. "}.get(which,
            "DF-TND's three starts and T = 2.5 were chosen on populations a, b and c (sixth session); no other "
            "threshold was tuned on this population. ")) + "Target accuracy = infected models whose top suspect is the "
         "true target. Seconds per model: one thread, the 2-core CPU shared with other developers' jobs "
@@ -296,7 +299,7 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",
         "### Per model (verdict [suspects] (score))",
         md_table(["model", "CA %", "ASR %", *cols], per),
-    ])
+    ] if part)
 
 
 if __name__ == "__main__":

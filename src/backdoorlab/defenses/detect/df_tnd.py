@@ -117,7 +117,8 @@ blend10-t8 (margin 0.70 at L1 1.11) shows margins of that size with one-pixel ma
 floor on the term would be a new rule and needs a new blind population.
 
 Three starts and T = 2.5 (sixth session): the score's worst noise is in the clean models.  Rerun with
-two more generator seeds (``runs/dfprobe6.py``, ``runs/dfan6*.py``), a single start's top clean score
+two more generator seeds (developer scripts ``runs/dfprobe6.py``, ``runs/dfan6*.py``, not in the
+repository), a single start's top clean score
 moved from 2.56 to 3.11 to 10.14 on the same 12 references (one maximisation whose runner-up label
 collapsed to 0.5 logits, a ratio of 10) and up to 9.87 on the 30 clean models of populations a-c, while
 the infected targets' margins moved little (blend10-t8 of a: 8.4, 8.4, 8.7 logits).  Eq. 6 is a
@@ -141,8 +142,8 @@ and 2/10 clean models flagged (scores 3.92 and 2.77) - the issue's bar (>= 80%, 
 met on d, the false positives at its limit, and missed on a by one false positive. The fifth session's
 rule (one start, T = 3.5) on d with the same seed: 6/10 detected, 0/10 clean flagged - its single
 maximisations found neither BadNets pattern (scores 1.57 and 1.18; three starts: 3.32 and 3.73) nor the
-10% blend. Cost: three times the single start's (30-78 s per MNIST model on one thread while other jobs
-shared the 2 cores).
+10% blend. Cost: three times the single start's work (K x 3 x N images per step); in the detection
+tables 1.4-2.7x its wall time (24-78 s per MNIST model on one thread while other jobs shared the 2 cores).
 
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
@@ -156,10 +157,13 @@ Deviations:
   the margin, beside the ratio); the margin-per-mask-pixel criterion T_eff is ours, not the paper's.
   The rule names at most one suspect (the top-scoring label), so a model with two target labels is
   flagged for the stronger one.
-- Budget: 10 noise inputs per label as the official code, 150 + 150 iterations at step 0.02
+- Budget: 10 noise inputs per label and start (the official code: 10 in all), 150 + 150 iterations at step 0.02
   (official notebook: 1000 + 1000 at step 0.1, CIFAR-10 / ResNet-50 on a GPU); λ = 0.1 on the
   per-image mean ||m||_1 (official: γ = 1e-3 on the batch total, no warm-up).  Cost: K x 3 x N
-  images per step (3 starts per label; the official code's single maximisation is ~30x cheaper).
+  images per step (3 starts per label), 3K times the official code's single maximisation per step.
+  The eq. 6 objective that picks a label's best start is the one of the last iteration's forward, just
+  before its final update (cached verdicts were made so; recomputing it at the final (m, δ, w) would
+  re-run every benchmark).
 - w: the official code takes sign steps on w, which (all responses being >= 0) keep w uniform over
   the active neurons; a step proportional to the gradient (normalised by its largest entry) lets w
   single out neurons as eq. 6 means.
