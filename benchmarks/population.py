@@ -25,6 +25,7 @@ Run as a script to build the cache and print the members' CA / ASR (shard to use
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -221,17 +222,11 @@ def detector_inputs(name: str, train):
     return clean_subset(train, fraction=0.05, generator=g), g
 
 
-def _source_hashes(name: str) -> tuple[str, str]:
-    """(code hash, file hash) of detector ``name``'s module.  The code hash is taken over the syntax tree
-    without docstrings (comments are not in it), so editing prose does not re-run the detector; the file
-    hash keyed the caches before, and a verdict found under it was made by this very file."""
+def _code_hash(src: bytes) -> str:
+    """sha1 (10 hex digits) of a module's syntax tree without docstrings (comments are not in it)."""
     import ast
     import hashlib
-    import inspect
 
-    from backdoorlab.defenses.detect import DETECTORS
-
-    src = Path(inspect.getfile(DETECTORS[name])).read_bytes()
     tree = ast.parse(src)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -239,14 +234,77 @@ def _source_hashes(name: str) -> tuple[str, str]:
                 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
-    return "code-" + hashlib.sha1(ast.dump(tree).encode()).hexdigest()[:10], hashlib.sha1(src).hexdigest()[:10]
+    return hashlib.sha1(ast.dump(tree).encode()).hexdigest()[:10]
+
+
+def _source_hashes(name: str) -> tuple[str, str]:
+    """(code hash, file hash) of detector ``name``'s module.  The code hash is taken over the syntax tree
+    without docstrings, so editing prose does not re-run the detector; the file hash keyed the caches
+    before, and a verdict found under it was made by this very file."""
+    import hashlib
+    import inspect
+
+    from backdoorlab.defenses.detect import DETECTORS
+
+    src = Path(inspect.getfile(DETECTORS[name])).read_bytes()
+    return "code-" + _code_hash(src), hashlib.sha1(src).hexdigest()[:10]
+
+
+@functools.lru_cache(maxsize=None)   # one walk per detector and process (the sources do not change under it)
+def _dependency_hashes(name: str) -> dict[str, str]:
+    """Code hash of every backdoorlab module that detector ``name``'s module imports, directly or not
+    (itself excluded: it is in the cache key).  Recorded beside each new verdict, so that a cached verdict
+    made before one of them changed is reported as stale instead of silently reused."""
+    import ast
+    import inspect
+
+    import backdoorlab
+    from backdoorlab.defenses.detect import DETECTORS
+
+    root = Path(backdoorlab.__file__).resolve().parent
+    start = Path(inspect.getfile(DETECTORS[name])).resolve()
+
+    def module_file(parts: list[str]) -> Path | None:
+        base = root.joinpath(*parts)
+        for f in (base.with_suffix(".py"), base / "__init__.py"):
+            if f.is_file():
+                return f
+        return None
+
+    seen, todo, out = {start}, [start], {}
+    while todo:
+        f = todo.pop()
+        pkg = list(f.relative_to(root).parent.parts)
+        for node in ast.walk(ast.parse(f.read_bytes())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = pkg[:len(pkg) - node.level + 1]
+                elif (node.module or "").split(".")[0] == "backdoorlab":
+                    base = []
+                else:
+                    continue
+                mod = [p for p in (node.module or "").split(".") if p]
+                mod = mod[1:] if not node.level else mod
+                targets = [base + mod] + [base + mod + [a.name] for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [n.name.split(".")[1:] for n in node.names if n.name.split(".")[0] == "backdoorlab"]
+            for t in targets:
+                g = module_file(t)
+                if g is not None and g not in seen:
+                    seen.add(g)
+                    todo.append(g)
+                    out[g.relative_to(root).as_posix()] = _code_hash(g.read_bytes())
+    return dict(sorted(out.items()))
 
 
 def cached_verdict(member: Member, name: str, train, overrides: dict | None = None, *, run: bool = True,
                    log=print) -> dict | None:
     """The verdict of detector ``name`` (registry name, library defaults + ``overrides``) on ``member``,
     run once and cached in ``runs/population/NAME.verdicts.json`` (so an interrupted benchmark resumes).
-    Returns {backdoored, score, threshold, suspects, seconds, evidence} (evidence = ``to_json()``)."""
+    Returns {backdoored, score, threshold, suspects, seconds, evidence} (evidence = ``to_json()``), plus
+    ``dependencies`` (``_dependency_hashes``) for verdicts computed since the sixth session: a cached one whose
+    imported modules changed since is logged with a WARNING."""
     from backdoorlab.defenses.detect import DETECTORS
 
     overrides = overrides or {}
@@ -261,7 +319,14 @@ def cached_verdict(member: Member, name: str, train, overrides: dict | None = No
         done[key] = done[legacy]
         path.write_text(json.dumps(done, indent=1))
     if key in done or not run:
-        return done.get(key)
+        rec = done.get(key)
+        if rec is not None and name in SOURCE_KEYED and "dependencies" in rec:
+            now = _dependency_hashes(name)
+            changed = sorted(m for m in set(now) | set(rec["dependencies"]) if now.get(m) != rec["dependencies"].get(m))
+            if changed:
+                log(f"{member.name} {name}: WARNING the cached verdict predates changes in {', '.join(changed)}; "
+                    f"delete its entry in {path} to re-run it")
+        return rec
     lock = path.with_name(f"{member.name}.{name}.lock")     # several benchmark processes share the work
     try:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
@@ -279,6 +344,8 @@ def cached_verdict(member: Member, name: str, train, overrides: dict | None = No
     rec = {"backdoored": bool(v.backdoored), "score": float(v.score), "threshold": float(v.threshold),
            "suspects": [int(s) for s in v.suspects], "seconds": time.perf_counter() - t0,
            "evidence": ev() if ev else None}
+    if name in SOURCE_KEYED:
+        rec["dependencies"] = dict(_dependency_hashes(name))
     done = json.loads(path.read_text()) if path.exists() else {}   # re-read: another shard may have written
     done[key] = rec
     path.write_text(json.dumps(done, indent=1))

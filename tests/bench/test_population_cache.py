@@ -1,0 +1,37 @@
+"""benchmarks/population.py's verdict cache: a cached verdict made before a module its detector imports
+changed is reported as stale (the cache key holds only the detector module's own code)."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import population  # noqa: E402
+
+
+def test_dependencies_are_the_package_modules_the_detector_imports():
+    deps = population._dependency_hashes("df-tnd")
+    # df_tnd.py imports these directly (relative imports); itself is in the cache key, not here
+    assert {"_torch.py", "_validation.py", "roles.py", "triggers.py", "types.py"} <= set(deps)
+    assert "defenses/detect/df_tnd.py" not in deps
+    assert all(len(h) == 10 for h in deps.values())
+
+
+def _member(tmp_path):
+    return population.Member(name="m", model=None, infected=False, goal=None, target=None, kind="clean",
+                             ca=1.0, asr=None, attempts=1, cache=tmp_path)
+
+
+def test_stale_cached_verdict_is_reported(tmp_path):
+    code, _ = population._source_hashes("df-tnd")
+    deps = population._dependency_hashes("df-tnd")
+    rec = {"backdoored": False, "score": 1.0, "threshold": 2.5, "suspects": [], "seconds": 1.0,
+           "evidence": None, "dependencies": deps}
+    path = tmp_path / "m.verdicts.json"
+    path.write_text(json.dumps({f"df-tnd:{{}}:{code}": rec}))
+    logged = []
+    assert population.cached_verdict(_member(tmp_path), "df-tnd", None, run=False, log=logged.append) == rec
+    assert logged == []                                      # same dependencies: silent
+    rec["dependencies"] = dict(deps, **{"triggers.py": "0000000000"})
+    path.write_text(json.dumps({f"df-tnd:{{}}:{code}": rec}))
+    assert population.cached_verdict(_member(tmp_path), "df-tnd", None, run=False, log=logged.append) == rec
+    assert len(logged) == 1 and "triggers.py" in logged[0] and "WARNING" in logged[0]
