@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import SHARED_DATA, md_table, write_result  # noqa: E402
-from population import EPOCHS, POPULATIONS, cached_verdict, calibration, population  # noqa: E402
+from population import EPOCHS, POPULATIONS, cached_verdict, calibration, population, stale_dependencies  # noqa: E402
 from backdoorlab.defenses.detect.combined import RULES  # noqa: E402
 from backdoorlab.defenses.detect.df_tnd import EFFICIENCY_SCALE, MARGIN_SCALE  # noqa: E402
 
@@ -72,11 +72,26 @@ def main(argv=None) -> int:
             or any(v is None for vs in calib.values() for v in vs)):
         print("some verdicts are still being computed by another process; no report")
         return 0
-    body = report(records, names, calib, args.population)
+    body = report(records, names, calib, args.population) + "\n\n" + _cache_check(records, calib)
     if not args.no_write and set(names) == set(DETECTOR_NAMES):
         print(write_result("detectors" if args.population == "a" else f"detectors_{args.population}", body))
     print(body)
     return 0
+
+
+def _cache_check(records, calib) -> str:
+    """One line on the cached verdicts this report read: how many record their detector's imported modules
+    (``population.stale_dependencies``) and how many of those predate a change in one of them."""
+    checks = [stale_dependencies(n, v) for r in records for n, v in [*r["raw"].items(),
+                                                                     (PREVIOUS[1], r.get("previous"))] if v]
+    checks += [stale_dependencies(n, v) for n, vs in calib.items() for v in vs]
+    known = [c for c in checks if c is not None]
+    stale = sorted({m for c in known for m in c})
+    return (f"Cache check: of the {len(checks)} cached verdicts this report read, {len(known)} record the code of "
+            f"the modules their detector imports, {sum(bool(c) for c in known)} of them stale"
+            + (f" ({', '.join(stale)} changed since)" if stale else "") + f"; the other {len(checks) - len(known)} "
+            "were computed before that record existed (commit 8c9a68e) and cannot be checked (`benchmarks/"
+            "population.py`'s `stale_dependencies`).")
 
 
 def _verdicts(rec, names):

@@ -298,6 +298,16 @@ def _dependency_hashes(name: str) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def stale_dependencies(name: str, rec: dict | None) -> list[str] | None:
+    """The imported modules (``_dependency_hashes``) whose code changed since verdict ``rec`` of detector ``name``
+    was computed: [] when none did, None when ``rec`` carries no record (made before the sixth session's
+    8c9a68e, or a detector whose verdicts are not source-keyed) and cannot be checked."""
+    if rec is None or name not in SOURCE_KEYED or "dependencies" not in rec:
+        return None
+    now, then = _dependency_hashes(name), rec["dependencies"]
+    return sorted(m for m in set(now) | set(then) if now.get(m) != then.get(m))
+
+
 def cached_verdict(member: Member, name: str, train, overrides: dict | None = None, *, run: bool = True,
                    log=print) -> dict | None:
     """The verdict of detector ``name`` (registry name, library defaults + ``overrides``) on ``member``,
@@ -320,12 +330,10 @@ def cached_verdict(member: Member, name: str, train, overrides: dict | None = No
         path.write_text(json.dumps(done, indent=1))
     if key in done or not run:
         rec = done.get(key)
-        if rec is not None and name in SOURCE_KEYED and "dependencies" in rec:
-            now = _dependency_hashes(name)
-            changed = sorted(m for m in set(now) | set(rec["dependencies"]) if now.get(m) != rec["dependencies"].get(m))
-            if changed:
-                log(f"{member.name} {name}: WARNING the cached verdict predates changes in {', '.join(changed)}; "
-                    f"delete its entry in {path} to re-run it")
+        changed = stale_dependencies(name, rec)
+        if changed:
+            log(f"{member.name} {name}: WARNING the cached verdict predates changes in {', '.join(changed)}; "
+                f"delete its entry in {path} to re-run it")
         return rec
     lock = path.with_name(f"{member.name}.{name}.lock")     # several benchmark processes share the work
     try:

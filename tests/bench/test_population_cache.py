@@ -35,3 +35,13 @@ def test_stale_cached_verdict_is_reported(tmp_path):
     path.write_text(json.dumps({f"df-tnd:{{}}:{code}": rec}))
     assert population.cached_verdict(_member(tmp_path), "df-tnd", None, run=False, log=logged.append) == rec
     assert len(logged) == 1 and "triggers.py" in logged[0] and "WARNING" in logged[0]
+
+
+def test_stale_dependencies_names_the_changed_modules():
+    deps = population._dependency_hashes("df-tnd")
+    assert population.stale_dependencies("df-tnd", {"score": 1.0}) is None          # no record: not checkable
+    assert population.stale_dependencies("df-tnd", None) is None
+    assert population.stale_dependencies("df-tnd", {"dependencies": dict(deps)}) == []
+    old = dict(deps, **{"triggers.py": "0000000000", "gone.py": "1111111111"})
+    del old["roles.py"]
+    assert population.stale_dependencies("df-tnd", {"dependencies": old}) == ["gone.py", "roles.py", "triggers.py"]
