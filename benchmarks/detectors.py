@@ -10,9 +10,13 @@ data ``backdoorlab scan --seed 0`` would give it:
   * DL-TND: ONE clean image per class (``--clean-per-class 1``),
   * DF-TND: NO data (``--no-data``; random-noise inputs),
 and ``Combined`` (rule in ``defenses/detect/combined.py``) over the three verdicts.  NC and DL-TND use
-the papers' rules (MAD index 2; the official code's λ bisection and T = 0.75 on the 0.25-quantile cosine);
+the papers' rules (MAD index 2; the official code's λ bisection and T = 0.75 on the 0.25-quantile cosine,
+where DL-TND's seventh-session ``reach`` rule counts an image's cosine only when both perturbations send it
+to the label - set with populations a-d in view; the official plain-cosine rule is shown beside it);
 DF-TND uses whatever its module defines (see df_tnd.py; its rules were set with populations a, b and c
-in view, and population d is their blind test - each results file says which rules it tests blind).
+in view, and population d was their blind test).  Population e, declared and trained before the seventh
+session's rule was fixed, is the blind test of every rule in use - each results file says which rules it
+tests blind.
 
 Verdicts are cached per model in ``runs/population*/NAME.verdicts.json`` (keyed by the detector module's
 code without docstrings), so an interrupted run resumes and a changed detector is re-run.
@@ -40,6 +44,9 @@ CALIBRATED = ("dl-tnd", "df-tnd")   # shown again with T = the largest score of 
 # DF-TND's fifth-session rule (one start, T = 3.5; starts=1 draws exactly what that code drew), shown beside
 # the sixth session's three starts and T = 2.5 so the change is compared on the same models in one table
 PREVIOUS = ("df-tnd (session 5: 1 start, T = 3.5)", "df-tnd", {"starts": 1, "threshold": 3.5})
+# DL-TND's official rule (plain logit cosines, no ``reach``; what every session before the seventh used), read
+# from the same run's evidence (``official_similarity``: the same optimisation, scored the official way)
+OFFICIAL_DL = "dl-tnd (official rule: plain cosines, T = 0.75)"
 
 
 def main(argv=None) -> int:
@@ -51,9 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
     ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
-                    help="a: the evaluation population (results/detectors.md); b, c, d: the same members with "
-                         "fresh seeds, re-tests (results/detectors_b.md, _c.md, _d.md); d is the blind test of "
-                         "every rule in use, b and c are blind for NC and DL-TND only)")
+                    help="a: the evaluation population (results/detectors.md); b-e: the same members with "
+                         "fresh seeds, re-tests (results/detectors_b.md ... _e.md); e is the blind test of "
+                         "every rule in use, b-d are blind for NC only, d also for DF-TND)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shard = tuple(int(v) for v in args.shard.split("/"))
@@ -124,6 +131,15 @@ def _recalibrated(name: str, raw: dict, threshold: float):
     return Verdict(backdoored=bool(flagged), score=raw["score"], threshold=threshold, suspects=flagged)
 
 
+def _official_dl(raw: dict):
+    """DL-TND's verdict under the official rule (plain logit cosines, the preset T), from the evidence."""
+    from backdoorlab.types import Verdict
+
+    sim = raw["evidence"]["official_similarity"]
+    flagged = tuple(sorted((k for k, s in enumerate(sim) if s > 0.75), key=lambda k: -sim[k]))
+    return Verdict(backdoored=bool(flagged), score=max(sim), threshold=0.75, suspects=flagged)
+
+
 def _failures(inf, cln, t_cal, calib) -> str:
     lines = []
     for r in inf:
@@ -132,14 +148,28 @@ def _failures(inf, cln, t_cal, calib) -> str:
             e = v["evidence"]
             lines.append(f"- DL-TND misses {r['name']}: at the true target s = {e['similarity'][r['target']]:.3f}, "
                          f"its universal perturbation sends {100 * e['universal_success'][r['target']]:.0f}% of the "
-                         f"other images there (mask L1 {e['mask_l1'][r['target']]:.1f}), so per-image and "
-                         "universal logits disagree.")
+                         f"other images there (mask L1 {e['mask_l1'][r['target']]:.1f})"
+                         + (f"; official plain-cosine s = {e['official_similarity'][r['target']]:.3f}"
+                            if "official_similarity" in e else "") + ".")
     for r in cln:
         v = r["raw"].get("dl-tnd")
         if v is not None and v["backdoored"]:
             e, k = v["evidence"], v["suspects"][0]
             lines.append(f"- DL-TND flags clean {r['name']} at label {k}: s = {e['similarity'][k]:.3f} with a universal "
                          f"perturbation that reaches {100 * e['universal_success'][k]:.0f}% of the other images.")
+    for r in inf + cln:
+        v = r["raw"].get("dl-tnd")
+        if v is None or "official_similarity" not in (v["evidence"] or {}):
+            continue
+        o = _official_dl(v)
+        if o.backdoored != v["backdoored"] or o.suspects[:1] != tuple(v["suspects"][:1]):
+            e = v["evidence"]
+            k = o.suspects[0] if o.backdoored else v["suspects"][0]
+            lines.append(f"- DL-TND's official rule {'flags' if o.backdoored else 'does not flag'} {r['name']} "
+                         f"({'infected, target ' + str(r['target']) if r['infected'] else 'clean'}) at label {k} "
+                         f"(plain-cosine s = {e['official_similarity'][k]:.3f}, with reach {e['similarity'][k]:.3f}; "
+                         f"the universal perturbation reaches {100 * e['universal_success'][k]:.0f}% of the other "
+                         "images).")
     if calib:
         top = max(r["raw"]["dl-tnd"]["score"] for r in cln)
         lines.append(f"- The {len(calib)} clean calibration models scored at most {t_cal:.3f} "
@@ -178,20 +208,28 @@ BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py'
           "blind test of those rules. NOT blind for DF-TND's margin-per-mask-pixel criterion (T_eff), which was "
           "added in the next session after this population's DF-TND misses had been seen (population c is its "
           "blind test). NOT blind for DF-TND's three starts and T = 2.5 either (sixth session), chosen on "
-          "populations a, b and c (population d is their blind test). "),
+          "populations a, b and c (population d is their blind test). NOT blind for DL-TND's reach rule (seventh "
+          "session), chosen with populations a-d in view (population e is its blind test). "),
     "c": ("It was trained after every threshold in use in the fifth session was fixed - DF-TND's one-start T = 3.5, "
           "T_abs and its margin-per-mask-pixel criterion T_eff, and the calibrated DL-TND threshold - and was their "
           "blind test (DF-TND then: 7/10 detected, 1/10 clean flagged, not met; calibrated 8/10, 1/10; git "
           "6f6f6f6:benchmarks/results/detectors_c.md). NOT blind for DF-TND's three starts and T = 2.5 (sixth "
-          "session), chosen on populations a, b and c after that result; population d is their blind test. "),
+          "session), chosen on populations a, b and c after that result; population d is their blind test. NOT "
+          "blind for DL-TND's reach rule (seventh session), chosen with populations a-d in view (population e is "
+          "its blind test). "),
     "d": ("It was declared (commit e52cdfb) and trained before the sixth session's DF-TND rule - three starts per "
           "label, T = 2.5 (commit 16cbd90) - was fixed, after every other threshold in use, and nothing was "
-          "changed after it was scanned: a blind test of every rule in use. "),
+          "changed after it was scanned: the blind test of every rule in use in the sixth session (git "
+          "9b0952f:benchmarks/results/detectors_d.md). NOT blind for DL-TND's reach rule (seventh session), chosen "
+          "with populations a-d in view (population e is its blind test). "),
+    "e": ("It was declared (commit bb80474) and trained before the seventh session's DL-TND reach rule was fixed, "
+          "after every other threshold in use, and scanned only after that rule was committed; nothing was changed "
+          "after it was scanned: a blind test of every rule in use. "),
 }
 
 
 TITLE = {"b": "re-test, blind except for DF-TND", "c": "re-test, blind except for DF-TND's sixth-session rule",
-         "d": "blind re-test"}
+         "d": "re-test, blind except for DL-TND's reach rule", "e": "blind re-test"}
 
 
 def _population_text(which: str) -> str:
@@ -235,6 +273,10 @@ def report(records, names, calib=None, which: str = "a") -> str:
         for n, t in t_cal.items():
             r["verdicts"][f"{n} (T calibrated)"] = _recalibrated(n, r["raw"][n], t)
             r["seconds"][f"{n} (T calibrated)"] = r["seconds"][n]
+        dl = r["raw"].get("dl-tnd")
+        if dl is not None and "official_similarity" in (dl["evidence"] or {}):
+            r["verdicts"][OFFICIAL_DL] = _official_dl(dl)
+            r["seconds"][OFFICIAL_DL] = r["seconds"]["dl-tnd"]
         if r.get("previous"):
             p = r["previous"]
             r["verdicts"][PREVIOUS[0]] = Verdict(backdoored=p["backdoored"], score=p["score"],
@@ -264,7 +306,8 @@ def report(records, names, calib=None, which: str = "a") -> str:
         if n in stats:
             det, fp, _ = stats[n]
             ok = det >= 0.8 * len(inf) and fp <= 2
-            seen = (n.startswith("df-tnd") and which in ("a", "b", "c")) or (which == "a" and "calibrated" in n)
+            seen = ((n.startswith("df-tnd") and which in ("a", "b", "c")) or (n.startswith("dl-tnd") and which != "e")
+                    or (which == "a" and "calibrated" in n))
             accept.append(f"- {n}: {det}/{len(inf)} detected, {fp}/{len(cln)} clean flagged -> "
                           f"**{'met' if ok else 'not met'}**" + (" (not blind: a rule it uses was set after this "
                                                                  "population's results were seen)" if seen else ""))
@@ -284,13 +327,16 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "every infected one ASR >= 90% on "
         "the test set, columns below). Library defaults, inputs as `backdoorlab scan --seed 0` gives them: "
         "NC a 5% clean training subset (3,000 images); DL-TND one clean image per class; DF-TND no data. "
-        + ({"d": "No threshold was tuned on this population. ",
-            "a": "DF-TND's rules were set with this population's results in view (see the acceptance notes); NC and "
-                 "DL-TND use their papers' rules. ",
-            "b": "DF-TND's T_eff (fifth session) and its three starts and T = 2.5 (sixth) were chosen with this "
-                 "population's results in view; no other threshold was tuned on it. "}.get(which,
-           "DF-TND's three starts and T = 2.5 were chosen on populations a, b and c (sixth session); no other "
-           "threshold was tuned on this population. ")) + "Target accuracy = infected models whose top suspect is the "
+        + ({"e": "No rule or threshold was tuned on this population. ",
+            "d": "DL-TND's reach rule (seventh session) was chosen with this population's results in view; no "
+                 "threshold was tuned on it. ",
+            "a": "DF-TND's rules and DL-TND's reach rule were set with this population's results in view (see the "
+                 "acceptance notes); NC uses its paper's rule. ",
+            "b": "DF-TND's T_eff (fifth session), its three starts and T = 2.5 (sixth) and DL-TND's reach rule "
+                 "(seventh) were chosen with this population's results in view; no other threshold was tuned on "
+                 "it. "}.get(which,
+           "DF-TND's three starts and T = 2.5 (sixth session) and DL-TND's reach rule (seventh) were chosen with "
+           "this population's results in view; no other threshold was tuned on it. ")) + "Target accuracy = infected models whose top suspect is the "
         "true target. Seconds per model: one thread, the 2-core CPU shared with other developers' jobs "
         "(indicative only); combined = sum of the three.",
         "Combined rules (`defenses/detect/combined.py`): `combined` = the default rule "
@@ -306,9 +352,9 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "### Acceptance (issue 7)\n\n" + "\n".join(accept) + (
             "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "
             "T were trained, after this population's results had been seen; so was DF-TND's margin-per-mask-pixel "
-            "criterion (T_eff, after population b), and DF-TND's three starts and T = 2.5 were chosen on populations "
-            "a, b and c. Population d (same members, fresh seeds, `results/detectors_d.md`) is the blind test of "
-            "every rule in use." if which == "a" else ""),
+            "criterion (T_eff, after population b), DF-TND's three starts and T = 2.5 were chosen on populations "
+            "a, b and c, and DL-TND's reach rule on a, b, c and d. Population e (same members, fresh seeds, "
+            "`results/detectors_e.md`) is the blind test of every rule in use." if which == "a" else ""),
         "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal.get("dl-tnd"), calib.get("dl-tnd", ())),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",

@@ -61,7 +61,7 @@ def test_revisit_pass_hand_built_rounds():
         # label 2: no successful round: round 0 is scored
         [(0.0, t([0.2, 0.4, 0.6, 0.8, 1.0]))],
     ]
-    sim, index = det._scores(rounds, [1, 2, None])
+    sim, index = det._scores(rounds, [1, 2, None], reach=False)
     assert sim.tolist() == pytest.approx([0.9, 0.4, 0.4])
     assert index == [0, 2, 0]          # label 0: the revisited round 0; label 1: its best round; label 2: round 0
 
@@ -75,7 +75,7 @@ def test_evidence_is_the_scoring_rounds(clean_model, digits, monkeypatch):
     t, z = torch.tensor, torch.zeros
 
     def rnd(area, cos, c, hit, ok, fill):
-        return _Round(area, t(cos), torch.full((1, 8, 8), fill), z(1, 8, 8), c, hit, ok)
+        return _Round(area, t(cos), torch.full((1, 8, 8), fill), z(1, 8, 8), c, hit, ok, torch.ones(len(cos), dtype=torch.bool))
 
     rounds = [
         # label 0: best = round 1 (area 4), but round 0 (area 0, q25 0.9 > median 0.5) is revisited
@@ -221,3 +221,26 @@ def test_mnist_badnets_found_with_one_image_per_class(shared_data):
     assert v.backdoored and v.suspects[0] == goal.target
     assert float(v.evidence.universal_success[goal.target]) == 1.0
     assert not c.backdoored
+
+
+def test_reach_rule_hand_built_rounds():
+    """``reach``: an image that either perturbation leaves off k counts as similarity -1.  Nine
+    cosines, q = 0.25 -> the third smallest (position 2): two misses leave the third smallest
+    reached cosine, three misses give -1; ``reach=False`` is the plain (official) quantile."""
+    from backdoorlab.defenses.detect.dl_tnd import _Round
+
+    t, z = torch.tensor, torch.zeros
+    cos = t([0.95, 0.9, 0.85, 0.8, 0.99, 0.97, 0.96, 0.94, 0.93])
+
+    def rnd(reached):
+        return _Round(5.0, cos, z(1, 4, 4), z(1, 4, 4), 1.0, 1.0, True, t(reached, dtype=torch.bool))
+
+    two_miss = [True] * 7 + [False, False]           # misses on 0.94 and 0.93
+    three_miss = [False] * 3 + [True] * 6            # misses on 0.95, 0.9, 0.85
+    rounds = [[rnd([True] * 9)], [rnd(two_miss)], [rnd(three_miss)]]
+    det = DLTND()
+    sim, _ = det._scores(rounds, [0, 0, 0], reach=True)
+    # all reached: sorted 0.8 0.85 0.9 ... -> 0.9; two misses (-1, -1, 0.8, ...) -> 0.8; three -> -1
+    assert sim.tolist() == pytest.approx([0.9, 0.8, -1.0])
+    plain, _ = det._scores(rounds, [0, 0, 0], reach=False)
+    assert plain.tolist() == pytest.approx([0.9, 0.9, 0.9])

@@ -38,12 +38,31 @@ Solver and rule, as in the official code (``UniversalPerturb.py``, ``PerImgPertu
   smallest area over all labels, when its 0.25-quantile beats the best round's median (the
   official "revisit" pass, which also considers round 0, where the mask stays 0).  The evidence -
   trigger, area, c, success - is that same round's.  Label k is a Trojan target when s_k > T = 0.75
-  (the official preset); the model is a TrojanNet when some s_k > T.  On MNIST the preset flags 4-5
-  of 10 clean models; ``calibrate`` / ``scan --reference`` set T from known-clean models instead.
+  (the official preset); the model is a TrojanNet when some s_k > T.  ``calibrate`` /
+  ``scan --reference`` set T from known-clean models instead.
+- ``reach`` (default True; seventh session, see Deviations): in eq. 5 an image counts with its
+  cosine only when both perturbations send it to k; otherwise its similarity is -1.
 
 Deviations:
 - ``samples_per_class`` = 1 (the issue's data-limited setting); the official notebook draws 5
   images per class.
+- ``reach``: the similarity of eq. 5 is the cosine of the two logit vectors only for images that
+  BOTH perturbations send to k; an image that one of them leaves elsewhere scores -1.  The paper's
+  premise is that per-image and universal perturbations stay similar *while moving the images to
+  the Trojan target*; the official code compares raw logits, and logit vectors share much of their
+  direction whatever the argmax, so an untargeted universal perturbation (eq. 3's ℓ_atk only asks
+  x_i to leave y_i) that misses k on a third of D_{k-} still scored up to 0.88 on clean MNIST
+  models.  With one image per class (9 cosines) the official rule at T = 0.75 flagged 5, 4, 2, 2
+  and 2 of populations a, b, c, d and the 12 clean references (``benchmarks/detectors.py``, sixth
+  session): the universal perturbation of every clean label above T sent at most 7 of its 9 images
+  to k, while at every infected model's target it sent all 9, except the four centre squares
+  (which the rule misses anyway) and one 5x5 square (7 of 9).  With ``reach`` the q = 0.25 quantile is above
+  0 only when fewer than a quarter of the images (at most 2 of 9) miss k, so no new constant enters.
+  The rule was chosen in the seventh session with populations a-d and the references in view (all
+  development data for it); population e (``--population e``, declared and trained before the rule
+  was fixed, scanned after) is its blind test.  ``reach=False`` is the official rule; the evidence
+  always carries its score too (``official_similarity``: the same optimisation, scored with plain
+  cosines, its own revisit pass).
 - All labels' universal problems and all per-image problems are solved in one batched
   optimisation (one forward over labels x images per step; per-label constants c) instead of one
   TensorFlow graph per label; labels are chunked by ``label_batch`` to bound memory.
@@ -76,8 +95,10 @@ from ...types import Verdict
 class DLTNDEvidence:
     """What DL-TND measured, per label k (index = label)."""
 
-    similarity: torch.Tensor        # (K,) s_k: the q-quantile of the cosine similarities (eq. 5)
+    similarity: torch.Tensor        # (K,) s_k: the q-quantile of the similarities (eq. 5) the rule uses
+    official_similarity: torch.Tensor  # (K,) s_k of the official rule (plain logit cosines; ``reach=False``)
     cosines: tuple[torch.Tensor, ...]  # per label: cos(universal logits, per-image logits), x_i in D_{k-}
+    reached: tuple[torch.Tensor, ...]  # per label: both perturbations send x_i to k, x_i in D_{k-}
     # every field below is read in the round whose cosines gave s_k (the smallest-area successful round,
     # or the round the revisit pass chose - possibly round 0, whose mask the proximal step keeps at 0)
     triggers: tuple[PatchTrigger, ...]  # per label: that round's universal perturbation (m, δ) of eq. 3
@@ -92,13 +113,16 @@ class DLTNDEvidence:
         return tuple(range(len(self.similarity)))
 
     def table(self) -> tuple[list[str], list[list]]:
-        rows = [[k, round(float(s), 4), round(float(n), 2), f"{100 * float(u):.0f}%", f"{100 * float(p):.0f}%"]
-                for k, (s, n, u, p) in enumerate(zip(self.similarity, self.mask_l1, self.universal_success,
-                                                     self.per_image_success))]
-        return ["label", "similarity s_k", "universal |m|_1", "universal -> k", "per-image -> k"], rows
+        rows = [[k, round(float(s), 4), round(float(o), 4), round(float(n), 2), f"{100 * float(u):.0f}%",
+                 f"{100 * float(p):.0f}%"]
+                for k, (s, o, n, u, p) in enumerate(zip(self.similarity, self.official_similarity, self.mask_l1,
+                                                        self.universal_success, self.per_image_success))]
+        return (["label", "similarity s_k", "official s_k", "universal |m|_1", "universal -> k", "per-image -> k"],
+                rows)
 
     def to_json(self) -> dict:
         return {"labels": list(self.labels), "similarity": self.similarity.tolist(),
+                "official_similarity": self.official_similarity.tolist(),
                 "mask_l1": self.mask_l1.tolist(), "const": self.const.tolist(),
                 "universal_success": self.universal_success.tolist(),
                 "per_image_success": self.per_image_success.tolist(), "samples": self.samples}
@@ -123,6 +147,7 @@ class DLTND(Detector):
     best_quantile: float = 0.5          # aggregate of the best round that a revisited round must beat
     area_slack: float = 1.1             # revisit rounds with ||m||_1 below this x the smallest area
     threshold: float = 0.75             # T (official preset)
+    reach: bool = True                  # x_i counts as similar only if both perturbations send it to k
     label_batch: int = 16               # labels optimised together (memory bound)
 
     def __post_init__(self) -> None:
@@ -165,11 +190,13 @@ class DLTND(Detector):
                 parts.append(self._solve_labels(model, x, y, torch.tensor(labels, device=dev), step_cb))
         rounds = [r for p in parts for r in p["rounds"]]         # per label: [_Round]
         best = [b for p in parts for b in p["best"]]              # per label: index into its rounds or None
-        sim, chosen = self._scores(rounds, best)
+        sim, chosen = self._scores(rounds, best, self.reach)
+        official = sim if not self.reach else self._scores(rounds, best, False)[0]
         sel = [rounds[k][i] for k, i in enumerate(chosen)]
         flagged = [int(k) for k in torch.argsort(sim, descending=True) if sim[k] > self.threshold]
         evidence = DLTNDEvidence(
-            similarity=sim, cosines=tuple(r.cos for r in sel),
+            similarity=sim, official_similarity=official, cosines=tuple(r.cos for r in sel),
+            reached=tuple(r.reached for r in sel),
             triggers=tuple(PatchTrigger(mask=r.m, pattern=r.d) for r in sel),
             mask_l1=torch.tensor([r.area if b is not None else float("inf") for r, b in zip(sel, best)]),
             const=torch.tensor([r.const if r.ok else float("nan") for r in sel]),
@@ -217,6 +244,7 @@ class DLTND(Detector):
                             lambda lg: per_image_hinge(lg).sum(), None,
                             step_cb)
         logits_p = p["logits"]                                      # (L, N, K)
+        p_at_k = logits_p.argmax(-1) == target                      # (L, N)
 
         # ---- eq. 3: universal perturbation, bisection on c per label --------------------------
         def universal_hinge(logits):                               # (L, N) hinge terms
@@ -244,12 +272,15 @@ class DLTND(Detector):
             ok_prev = u["success"]
             with torch.no_grad():
                 cos = torch.nn.functional.cosine_similarity(u["logits"], logits_p, dim=-1)   # (L, N)
-                hit = ((u["logits"].argmax(-1) == target) & other).sum(1) / n_other
+                u_at_k = u["logits"].argmax(-1) == target
+                hit = (u_at_k & other).sum(1) / n_other
+                both = u_at_k & p_at_k                                   # (L, N): both perturbations reach k
             area = u["m"].flatten(1).sum(1)
             for j in range(L):
                 if r == 0 or bool(ok_prev[j]):                      # official: round 0 and successes
                     rounds[j].append(_Round(float(area[j]), cos[j][other[j]].cpu(), u["m"][j, 0].cpu(),
-                                            u["d"][j, 0].cpu(), float(const[j]), float(hit[j]), bool(ok_prev[j])))
+                                            u["d"][j, 0].cpu(), float(const[j]), float(hit[j]), bool(ok_prev[j]),
+                                            both[j][other[j]].cpu()))
         best = []
         for j in range(L):
             ok = [i for i, rd in enumerate(rounds[j]) if rd.ok]
@@ -258,19 +289,24 @@ class DLTND(Detector):
             p_hit = ((logits_p.argmax(-1) == target) & other).sum(1) / n_other
         return {"rounds": rounds, "best": best, "p_succ": p_hit.cpu()}
 
-    def _scores(self, rounds, best):
-        """(s_k, the index of the round whose cosines give it) per label: the best round's q-quantile,
-        or a revisited small-area round's (official notebook).  ``rounds[k]`` holds (area, cosines, ...)."""
+    def _scores(self, rounds, best, reach: bool):
+        """(s_k, the index of the round whose similarities give it) per label: the best round's q-quantile,
+        or a revisited small-area round's (official notebook).  ``rounds[k]`` holds _Rounds (or, with
+        ``reach=False``, any (area, cosines, ...) tuples).  With ``reach`` an image that either
+        perturbation does not send to k has similarity -1, the least a cosine can be."""
+        def similarities(rd):
+            return torch.where(rd.reached, rd.cos, torch.full_like(rd.cos, -1.0)) if reach else rd[1]
+
         best_area = min((rounds[k][b][0] for k, b in enumerate(best) if b is not None), default=float("inf"))
         sims, index = [], []
         for k, rs in enumerate(rounds):
             i_sel = best[k] if best[k] is not None else 0
-            bar = self._quantile(rs[i_sel][1], self.best_quantile)
-            for i, (area, c, *_) in enumerate(rs):
-                if area < self.area_slack * best_area and self._quantile(c, self.quantile) > bar:
+            bar = self._quantile(similarities(rs[i_sel]), self.best_quantile)
+            for i, rd in enumerate(rs):
+                if rd[0] < self.area_slack * best_area and self._quantile(similarities(rd), self.quantile) > bar:
                     i_sel = i
             index.append(i_sel)
-            sims.append(self._quantile(rs[i_sel][1], self.quantile))
+            sims.append(self._quantile(similarities(rs[i_sel]), self.quantile))
         return torch.stack(sims), index
 
     def _quantile(self, values: torch.Tensor, q: float | None = None) -> torch.Tensor:
@@ -289,6 +325,7 @@ class _Round(NamedTuple):
     const: float             # c = 1/λ of the round
     hit: float               # fraction of D_{k-} the perturbation sends to k
     ok: bool                 # the round met the success criterion
+    reached: torch.Tensor    # over D_{k-}: this round's universal AND the per-image perturbation send x_i to k
 
 
 def _proximal_round(model, x, shape, lr, const, steps, loss_fn, success_fn, step_cb):
