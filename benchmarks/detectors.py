@@ -228,7 +228,8 @@ BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py'
 }
 
 
-TITLE = {"b": "re-test, blind except for DF-TND", "c": "re-test, blind except for DF-TND's sixth-session rule",
+TITLE = {"b": "re-test, blind except for DF-TND and DL-TND's reach rule",
+         "c": "re-test, blind except for DF-TND's sixth-session rule and DL-TND's reach rule",
          "d": "re-test, blind except for DL-TND's reach rule", "e": "blind re-test"}
 
 

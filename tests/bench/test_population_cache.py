@@ -45,3 +45,16 @@ def test_stale_dependencies_names_the_changed_modules():
     old = dict(deps, **{"triggers.py": "0000000000", "gone.py": "1111111111"})
     del old["roles.py"]
     assert population.stale_dependencies("df-tnd", {"dependencies": old}) == ["gone.py", "roles.py", "triggers.py"]
+
+
+def test_dl_tnd_official_row_is_read_from_the_evidence():
+    """detectors.py's official-rule DL-TND row: labels whose plain-cosine score exceeds the preset 0.75,
+    highest first, from the same run's evidence (no second optimisation)."""
+    import detectors
+
+    raw = {"backdoored": False, "score": -1.0, "threshold": 0.75, "suspects": [],
+           "evidence": {"official_similarity": [0.1, 0.8, 0.75, 0.9, -1.0]}}
+    v = detectors._official_dl(raw)
+    assert v.backdoored and v.suspects == (3, 1) and v.score == 0.9 and v.threshold == 0.75   # 0.75 is not > T
+    raw["evidence"]["official_similarity"] = [0.2, 0.75]
+    assert not detectors._official_dl(raw).backdoored

@@ -202,12 +202,14 @@ def test_mnist_badnets_found_with_one_image_per_class(shared_data):
     from backdoorlab.io import load_ground_truth, load_model, truth_path
 
     # the inputs of benchmarks/detectors.py (= scan --clean-per-class 1 --seed 0): one generator draws
-    # the images and then seeds the detector.  clean-s2 is a clean member DL-TND clears there (five
-    # of the ten clean members are flagged at T = 0.75, see benchmarks/results/detectors.md).
-    cache = Path(__file__).resolve().parents[3] / "runs" / "population"
-    bd, cl = cache / "patch3-br-t5.safetensors", cache / "clean-s2.safetensors"
+    # the images and then seeds the detector.  Members of population e, the blind test of the reach
+    # rule (chosen with populations a-d in view).  clean-s8 is a clean member the official plain-cosine
+    # rule flags (s = 0.831 at label 2, its universal perturbation sending 6 of 9 images there) and the
+    # reach rule clears (3 misses -> -1), see benchmarks/results/detectors_e.md.
+    cache = Path(__file__).resolve().parents[3] / "runs" / "population-e"
+    bd, cl = cache / "patch3-br-t5.safetensors", cache / "clean-s8.safetensors"
     if not (bd.exists() and cl.exists()):
-        pytest.skip("run benchmarks/population.py first (trains the MNIST detection population)")
+        pytest.skip("run benchmarks/population.py --population e first (trains that detection population)")
     from backdoorlab.data import load_dataset
 
     train = load_dataset("mnist", "train", shared_data)
@@ -220,7 +222,12 @@ def test_mnist_badnets_found_with_one_image_per_class(shared_data):
     v, c = verdicts
     assert v.backdoored and v.suspects[0] == goal.target
     assert float(v.evidence.universal_success[goal.target]) == 1.0
+    assert bool(v.evidence.reached[goal.target].all())        # all 9 reached: reach and official agree
+    assert float(v.evidence.similarity[goal.target]) == float(v.evidence.official_similarity[goal.target])
     assert not c.backdoored
+    k = int(c.evidence.official_similarity.argmax())
+    assert float(c.evidence.official_similarity[k]) > 0.75    # the official rule would flag it ...
+    assert int((~c.evidence.reached[k]).sum()) >= 3 and float(c.evidence.similarity[k]) == -1.0   # ... reach does not
 
 
 def test_reach_rule_hand_built_rounds():
