@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
                     help="a: the evaluation population (results/detectors.md); b-e: the same members with "
                          "fresh seeds, re-tests (results/detectors_b.md ... _e.md); e is the blind test of "
-                         "every rule in use, b-d are blind for NC only, d also for DF-TND)")
+                         "every rule in use; each results file says which rules its population tests blind)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shard = tuple(int(v) for v in args.shard.split("/"))
@@ -168,8 +168,8 @@ def _failures(inf, cln, t_cal, calib) -> str:
             lines.append(f"- DL-TND's official rule {'flags' if o.backdoored else 'does not flag'} {r['name']} "
                          f"({'infected, target ' + str(r['target']) if r['infected'] else 'clean'}) at label {k} "
                          f"(plain-cosine s = {e['official_similarity'][k]:.3f}, with reach {e['similarity'][k]:.3f}; "
-                         f"the universal perturbation reaches {100 * e['universal_success'][k]:.0f}% of the other "
-                         "images).")
+                         f"in the round the reach rule scored, the universal perturbation sends "
+                         f"{100 * e['universal_success'][k]:.0f}% of the other images there).")
     if calib:
         top = max(r["raw"]["dl-tnd"]["score"] for r in cln)
         lines.append(f"- The {len(calib)} clean calibration models scored at most {t_cal:.3f} "
@@ -245,9 +245,9 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
     if not t_cal:
         return ""
     blind = ("The calibration rule and references were fixed before this population was trained." if which != "a" else
-             "The rule (largest reference score) was fixed in the previous session with 4 references; the 8 more "
+             "The rule (largest reference score) was fixed in an earlier session with 4 references; the 8 more "
              "were trained after the evaluation scores had been seen, so this is not a blind test "
-             "(populations b, c and d are).")
+             "(population e is; b, c and d were before DL-TND's reach rule).")
     n_ref = len(next(iter(calib.values())))
     lines = [f"`(T calibrated)` rows: the detector's threshold T set to the largest score among {n_ref} clean reference "
              "models (`calib-s0..`, the population's recipe with other seeds; never the evaluation models) - what "
@@ -260,12 +260,15 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
 
 
 def report(records, names, calib=None, which: str = "a") -> str:
-    from backdoorlab._stats import auroc, threshold_at_fpr
+    from backdoorlab._stats import auroc
+    from backdoorlab.defenses.detect import DETECTORS
+    from backdoorlab.defenses.detect.calibrate import calibrated_threshold, score_floor
     from backdoorlab.defenses.detect.combined import Combined
     from backdoorlab.types import Verdict
 
     calib = dict(calib or {})
-    t_cal = {n: threshold_at_fpr(torch.tensor([c["score"] for c in vs]), 0.0) for n, vs in calib.items()}  # = calibrate()
+    t_cal = {n: calibrated_threshold([c["score"] for c in vs], 0.0, vs[0]["threshold"],   # = calibrate()
+                                     score_floor(DETECTORS[n]()))[0] for n, vs in calib.items()}
     for r in records:
         r["verdicts"] = _verdicts(r, names)
         total = sum(v["seconds"] for v in r["raw"].values())
@@ -283,7 +286,7 @@ def report(records, names, calib=None, which: str = "a") -> str:
             r["verdicts"][PREVIOUS[0]] = Verdict(backdoored=p["backdoored"], score=p["score"],
                                                  threshold=p["threshold"], suspects=tuple(p["suspects"]))
             r["seconds"][PREVIOUS[0]] = p["seconds"]
-    cols = list(records[0]["verdicts"])
+    cols = [k for k in records[0]["verdicts"] if all(k in r["verdicts"] for r in records)]   # rows every model has
     inf = [r for r in records if r["infected"]]
     cln = [r for r in records if not r["infected"]]
     rows, stats = [], {}
@@ -348,7 +351,7 @@ def report(records, names, calib=None, which: str = "a") -> str:
         _calibration_text(calib, t_cal, which),
         (f"`{PREVIOUS[0]}`: DF-TND's previous rule (one maximisation per label, T = 3.5, so T_abs = 27 logits and "
          "T_eff = 1 logit per mask pixel) on the same models with the same seed - what the fifth session's code "
-         "gave - shown for comparison only. Population c was that rule's blind test; d is blind for both."
+         "gave - shown for comparison only. Population c was that rule's blind test; d and e are blind for both."
          if any(r.get("previous") for r in records) else ""),
         "### Acceptance (issue 7)\n\n" + "\n".join(accept) + (
             "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "

@@ -43,7 +43,7 @@ CACHE = ROOT / "runs" / "population"
 # with fresh seeds for training, poisoning and blend noise - blind re-tests of rules fixed after "a" (and
 # "b") were seen; "d" (declared in the sixth session before it was trained) re-tests the DF-TND rule change
 # of that session; "e" (declared in the seventh session before it was trained, scanned only after that
-# session's DL-TND / DF-TND rules are committed) re-tests those
+# session's DL-TND rule is committed) re-tests it and every other rule in use
 POPULATIONS = {"a": (CACHE, 0), "b": (ROOT / "runs" / "population-b", 50_000),
                "c": (ROOT / "runs" / "population-c", 100_000), "d": (ROOT / "runs" / "population-d", 150_000),
                "e": (ROOT / "runs" / "population-e", 200_000)}

@@ -21,8 +21,9 @@ others are listed as skipped.
 ``--reference CLEAN.safetensors`` (repeatable): models the auditor knows to be clean, of the same task.
 Each detector first scans them with the same data and seed and takes the largest of their scores as
 its threshold (``defenses.detect.calibrate``), instead of its preset; the JSON and the notes show the
-reference scores.  DL-TND's preset (0.75, the authors' CIFAR-10 value) flags 4-5 of 10 clean MNIST
-models; calibrated on 12 references it flags 1 (BENCHMARKS.md).
+reference scores.  DL-TND's preset (0.75, the authors' CIFAR-10 value, with the reach rule) flags 0-1 of
+10 clean MNIST models per population (4-5 with the official plain-cosine rule; BENCHMARKS.md).  When
+every reference scores DL-TND's floor (-1: no label reached) the preset is kept (the note says so).
 """
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     implied = {name: getattr(cal.detector, "implied_thresholds", dict)() for name, cal in calibrations.items()}
     for name, cal in calibrations.items():   # DF-TND's margin thresholds move with T: implied_thresholds
         data["detectors"][name]["calibration"] = {"references": list(args.references), "scores": list(cal.scores),
-                                                  "threshold": cal.threshold, "preset": cal.preset, **implied[name]}
+                                                  "threshold": cal.threshold, "preset": cal.preset,
+                                                  **({"note": cal.note} if cal.note else {}), **implied[name]}
     data.update(model=str(args.model), clean_samples=0 if clean is None else len(clean),
                 seconds=round(time.perf_counter() - t_all, 3))
     if args.json:
@@ -161,8 +163,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         for name, cal in calibrations.items():
             x = implied[name]
-            c.emit(args, {}, notes=[f"{name}: threshold {cal.threshold:.4g} (preset {cal.preset:g}) = the largest "
-                                    f"score of {len(cal.scores)} reference model(s): "
+            c.emit(args, {}, notes=[f"{name}: threshold {cal.threshold:.4g} (preset {cal.preset:g}) = "
+                                    + (f"the preset ({cal.note}); scores" if cal.note else "the largest score")
+                                    + f" of {len(cal.scores)} reference model(s): "
                                     + ", ".join(f"{s:.4g}" for s in cal.scores)
                                     + ("" if not x else f"; the margin alone now flags above "
                                        f"{x['margin_threshold']:.4g} logits, the margin per mask pixel above "

@@ -123,7 +123,11 @@ def test_cli_scan_with_references(clean_model, badnets, digits, tmp_path, capsys
     for name, preset in (("df-tnd", DFTND().threshold), ("dl-tnd", 0.75)):
         d = data["detectors"][name]
         assert d["calibration"]["references"] == [str(clean_path)] and d["calibration"]["preset"] == preset
-        assert d["calibration"]["scores"] == [d["score"]] and d["threshold"] == d["score"]
+        assert d["calibration"]["scores"] == [d["score"]]
+        if name == "dl-tnd" and d["score"] == -1.0:     # on DL-TND's floor: the preset stays, the note says why
+            assert d["threshold"] == preset and "floor" in d["calibration"]["note"]
+        else:
+            assert d["threshold"] == d["score"] and "note" not in d["calibration"]
         assert d["backdoored"] is False
     cal = data["detectors"]["df-tnd"]["calibration"]
     assert cal["margin_threshold"] == pytest.approx(cal["threshold"] * 27.0 / 3.5)
@@ -140,3 +144,18 @@ def test_cli_scan_with_references(clean_model, badnets, digits, tmp_path, capsys
     save_model(other, clean_model, dataset=info)
     assert main(["scan", str(bd_path), "--reference", str(other), *fast]) == 2
     assert "same task" in capsys.readouterr().err
+
+
+def test_references_all_on_the_score_floor_keep_the_preset():
+    """DL-TND with ``reach`` scores -1 when no label is reached: references that all score -1 would set
+    T = -1 and flag any model with a label above it, so the preset stays (with a note); one reference
+    above the floor calibrates as usual; without ``reach`` there is no floor."""
+    from backdoorlab.defenses.detect import DLTND
+    from backdoorlab.defenses.detect.calibrate import calibrated_threshold, score_floor
+
+    assert score_floor(DLTND()) == -1.0 and score_floor(DLTND(reach=False)) is None
+    assert score_floor(Scored()) is None
+    t, note = calibrated_threshold([-1.0, -1.0], 0.0, 0.75, -1.0)
+    assert t == 0.75 and "floor -1" in note
+    assert calibrated_threshold([-1.0, 0.6], 0.0, 0.75, -1.0) == (0.6, "")
+    assert calibrated_threshold([-1.0, -1.0], 0.0, 0.75, None) == (-1.0, "")

@@ -251,3 +251,44 @@ def test_reach_rule_hand_built_rounds():
     assert sim.tolist() == pytest.approx([0.9, 0.8, -1.0])
     plain, _ = det._scores(rounds, [0, 0, 0], reach=False)
     assert plain.tolist() == pytest.approx([0.9, 0.9, 0.9])
+
+
+def test_reach_needs_both_perturbations_at_k(monkeypatch):
+    """``reached`` is set per image of D_{k-} only when the universal AND the per-image perturbation send
+    it to k: a per-image miss alone (the universal perturbation reaching k) clears it.  The solver is
+    replaced by one that returns crafted logits (4 classes, one image each)."""
+    from backdoorlab.defenses.detect import dl_tnd
+
+    L = N = K = 4
+    x, y = torch.zeros(N, 1, 4, 4), torch.arange(N)
+
+    def fake(model, xs, shape, lr, const, steps, loss_fn, success_fn, step_cb):
+        logits = torch.zeros(L, N, K)
+        logits[torch.arange(L), :, torch.arange(L)] = 5.0          # every image lands on the problem's label
+        if shape[1] == N:                                           # the per-image problems (eq. 4)
+            logits[0, 1] = torch.tensor([0.0, 0.0, 5.0, 0.0])       # label 0's per-image perturbation of image 1 -> 2
+        return {"m": torch.zeros(*shape, 1, 4, 4), "d": torch.zeros(*shape, 1, 4, 4), "logits": logits,
+                "success": torch.ones(L, dtype=torch.bool) if success_fn is not None else None}
+
+    monkeypatch.setattr(dl_tnd, "_proximal_round", fake)
+    out = DLTND(steps=1, search_steps=2)._solve_labels(None, x, y, torch.arange(L), lambda i: None)
+    for rd in out["rounds"][0]:                                     # D_{0-} = images 1, 2, 3
+        assert rd.reached.tolist() == [False, True, True] and rd.hit == 1.0
+    assert all(rd.reached.all() for k in range(1, L) for rd in out["rounds"][k])
+    assert float(out["p_succ"][0]) == pytest.approx(2 / 3)
+
+
+def test_revisit_pass_uses_the_reach_similarities():
+    """The revisit pass compares rounds by the similarity the rule uses: a small-area round whose plain
+    cosines are high but whose images were not reached replaces the best round only under the official rule."""
+    from backdoorlab.defenses.detect.dl_tnd import _Round
+
+    t, z = torch.tensor, torch.zeros
+    unreached = _Round(0.0, t([0.9] * 5), z(1, 4, 4), z(1, 4, 4), 0.01, 0.0, False, torch.zeros(5, dtype=torch.bool))
+    best = _Round(4.0, t([0.1, 0.2, 0.5, 0.6, 0.7]), z(1, 4, 4), z(1, 4, 4), 1.0, 1.0, True,
+                  torch.ones(5, dtype=torch.bool))
+    det = DLTND()
+    plain, i_plain = det._scores([[unreached, best]], [1], reach=False)
+    reach, i_reach = det._scores([[unreached, best]], [1], reach=True)
+    assert i_plain == [0] and float(plain[0]) == pytest.approx(0.9)     # q25 0.9 > the best round's median 0.5
+    assert i_reach == [1] and float(reach[0]) == pytest.approx(0.2)     # -1 everywhere: the best round stays

@@ -15,6 +15,12 @@ max(margin ratio, margin / margin_scale, margin per mask pixel / efficiency_scal
 (with ``fpr`` > 0: at most that fraction of them).  What that says about other clean models depends on
 how many references there were: with n references, a new clean model of the same kind scores above all
 of them with probability about 1 / (n + 1).
+
+A score floor (DL-TND with ``reach``: -1, a label more than a quarter of whose images one of the two
+perturbations leaves elsewhere) is a censored value: references that all sit on it say only that
+they reached no label, not how high a clean model's score can go.  Their largest score, the floor,
+would flag every model with any label above it, so then the preset threshold stays and
+``Calibration.note`` says why; one reference above the floor is enough to calibrate as usual.
 """
 from __future__ import annotations
 
@@ -39,6 +45,25 @@ class Calibration:
     field: str                    # the detector field that holds the threshold
     scores: tuple[float, ...]     # each reference model's score, in order
     preset: float                 # the detector's threshold before calibration
+    note: str = ""                # why the preset was kept (every reference score on the detector's floor)
+
+
+def score_floor(detector: Detector) -> float | None:
+    """The detector's lowest possible score when that value means "no evidence" (DL-TND with ``reach``:
+    -1), else None."""
+    from .dl_tnd import DLTND
+
+    return -1.0 if isinstance(detector, DLTND) and detector.reach else None
+
+
+def calibrated_threshold(scores: Sequence[float], fpr: float, preset: float, floor: float | None) -> tuple[float, str]:
+    """(threshold, note): the smallest threshold with at most ``fpr`` of ``scores`` above it - or the
+    preset, with a note, when that threshold is on the score floor (module docstring)."""
+    threshold = threshold_at_fpr(torch.tensor(list(scores), dtype=torch.float64), fpr)
+    if floor is not None and threshold <= floor:
+        return float(preset), (f"every reference score that counts is on the floor {floor:g} (no label reached), "
+                               f"which says nothing about how high a clean score goes: preset {preset:g} kept")
+    return threshold, ""
 
 
 def threshold_field(detector: Detector) -> str:
@@ -78,12 +103,13 @@ def calibrate(detector: Detector, references: Sequence[torch.nn.Module], clean=N
         scores.append(score)
         if progress is not None:
             progress(i + 1, len(references))
-    threshold = threshold_at_fpr(torch.tensor(scores, dtype=torch.float64), fpr)
+    preset = float(getattr(detector, field))
+    threshold, note = calibrated_threshold(scores, fpr, preset, score_floor(detector))
     try:
         tuned = dataclasses.replace(detector, **{field: threshold})
     except ValueError as e:
         raise ValueError(f"calibrate: the threshold from the reference scores ({', '.join(f'{s:.4g}' for s in scores)}) "
                          f"is {threshold:.4g}, which {type(detector).__name__} does not accept: {e}  A reference that "
                          "scores this low is probably not a trained model of this task.") from e
-    return Calibration(detector=tuned, threshold=threshold, field=field, scores=tuple(scores),
-                       preset=float(getattr(detector, field)))
+    return Calibration(detector=tuned, threshold=threshold, field=field, scores=tuple(scores), preset=preset,
+                       note=note)

@@ -51,13 +51,19 @@ Deviations:
   premise is that per-image and universal perturbations stay similar *while moving the images to
   the Trojan target*; the official code compares raw logits, and logit vectors share much of their
   direction whatever the argmax, so an untargeted universal perturbation (eq. 3's ℓ_atk only asks
-  x_i to leave y_i) that misses k on a third of D_{k-} still scored up to 0.88 on clean MNIST
-  models.  With one image per class (9 cosines) the official rule at T = 0.75 flagged 5, 4, 2, 2
+  x_i to leave y_i) that misses k on a third or more of D_{k-} still scored up to 0.86 on clean
+  MNIST models.  With one image per class (9 cosines) the official rule at T = 0.75 flagged 5, 4, 2, 2
   and 2 of populations a, b, c, d and the 12 clean references (``benchmarks/detectors.py``, sixth
   session): the universal perturbation of every clean label above T sent at most 7 of its 9 images
   to k, while at every infected model's target it sent all 9, except the four centre squares
-  (which the rule misses anyway) and one 5x5 square (7 of 9).  With ``reach`` the q = 0.25 quantile is above
-  0 only when fewer than a quarter of the images (at most 2 of 9) miss k, so no new constant enters.
+  (which both rules miss) and one 5x5 square (7 of 9).  With ``reach`` the q = 0.25 quantile is above
+  -1 only when fewer than a quarter of the images (at most 2 of 9) miss k, so no new constant enters.
+  What it cannot remove: clean labels whose universal perturbation misses only 2 of 9 (population a's
+  clean-s6 at 0.876, d's clean-s1 at 0.783, the reference calib-s0 at 0.806 - so the calibrated T
+  stays 0.806); and it costs d's 5x5 square (7 of 9 reached; 0.690 with reach, 0.775 without).
+  Measured (``benchmarks/detectors.py``): at T = 0.75, a 9/10 detected with 1/10 clean flagged,
+  b 9/0, c 9/0, d 8/1; on blind e 10/10 with 0/10 (the official rule on the same runs: 10/10 with
+  4/10).
   The rule was chosen in the seventh session with populations a-d and the references in view (all
   development data for it); population e (``--population e``, declared and trained before the rule
   was fixed, scanned after) is its blind test.  ``reach=False`` is the official rule; the evidence
