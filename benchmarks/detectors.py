@@ -262,13 +262,13 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
 def report(records, names, calib=None, which: str = "a") -> str:
     from backdoorlab._stats import auroc
     from backdoorlab.defenses.detect import DETECTORS
-    from backdoorlab.defenses.detect.calibrate import calibrated_threshold, score_floor
+    from backdoorlab.defenses.detect.calibrate import calibrated_threshold
     from backdoorlab.defenses.detect.combined import Combined
     from backdoorlab.types import Verdict
 
     calib = dict(calib or {})
     t_cal = {n: calibrated_threshold([c["score"] for c in vs], 0.0, vs[0]["threshold"],   # = calibrate()
-                                     score_floor(DETECTORS[n]()))[0] for n, vs in calib.items()}
+                                     getattr(DETECTORS[n](), "score_floor", None))[0] for n, vs in calib.items()}
     for r in records:
         r["verdicts"] = _verdicts(r, names)
         total = sum(v["seconds"] for v in r["raw"].values())

@@ -151,10 +151,10 @@ def test_references_all_on_the_score_floor_keep_the_preset():
     T = -1 and flag any model with a label above it, so the preset stays (with a note); one reference
     above the floor calibrates as usual; without ``reach`` there is no floor."""
     from backdoorlab.defenses.detect import DLTND
-    from backdoorlab.defenses.detect.calibrate import calibrated_threshold, score_floor
+    from backdoorlab.defenses.detect.calibrate import calibrated_threshold
 
-    assert score_floor(DLTND()) == -1.0 and score_floor(DLTND(reach=False)) is None
-    assert score_floor(Scored()) is None
+    assert DLTND().score_floor == -1.0 and DLTND(reach=False).score_floor is None
+    assert not hasattr(Scored(), "score_floor")          # detectors without a floor calibrate as before
     t, note = calibrated_threshold([-1.0, -1.0], 0.0, 0.75, -1.0)
     assert t == 0.75 and "floor -1" in note
     assert calibrated_threshold([-1.0, 0.6], 0.0, 0.75, -1.0) == (0.6, "")

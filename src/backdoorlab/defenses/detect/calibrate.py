@@ -16,8 +16,8 @@ max(margin ratio, margin / margin_scale, margin per mask pixel / efficiency_scal
 how many references there were: with n references, a new clean model of the same kind scores above all
 of them with probability about 1 / (n + 1).
 
-A score floor (DL-TND with ``reach``: -1, a label more than a quarter of whose images one of the two
-perturbations leaves elsewhere) is a censored value: references that all sit on it say only that
+A detector's ``score_floor`` (DL-TND with ``reach``: -1, a label more than a quarter of whose images one
+of the two perturbations leaves elsewhere) is a censored value: references that all sit on it say only that
 they reached no label, not how high a clean model's score can go.  Their largest score, the floor,
 would flag every model with any label above it, so then the preset threshold stays and
 ``Calibration.note`` says why; one reference above the floor is enough to calibrate as usual.
@@ -46,14 +46,6 @@ class Calibration:
     scores: tuple[float, ...]     # each reference model's score, in order
     preset: float                 # the detector's threshold before calibration
     note: str = ""                # why the preset was kept (every reference score on the detector's floor)
-
-
-def score_floor(detector: Detector) -> float | None:
-    """The detector's lowest possible score when that value means "no evidence" (DL-TND with ``reach``:
-    -1), else None."""
-    from .dl_tnd import DLTND
-
-    return -1.0 if isinstance(detector, DLTND) and detector.reach else None
 
 
 def calibrated_threshold(scores: Sequence[float], fpr: float, preset: float, floor: float | None) -> tuple[float, str]:
@@ -104,7 +96,7 @@ def calibrate(detector: Detector, references: Sequence[torch.nn.Module], clean=N
         if progress is not None:
             progress(i + 1, len(references))
     preset = float(getattr(detector, field))
-    threshold, note = calibrated_threshold(scores, fpr, preset, score_floor(detector))
+    threshold, note = calibrated_threshold(scores, fpr, preset, getattr(detector, "score_floor", None))
     try:
         tuned = dataclasses.replace(detector, **{field: threshold})
     except ValueError as e:

@@ -177,6 +177,12 @@ class DLTND(Detector):
         in_range(name, "threshold", self.threshold, -1.0, 1.0)
         positive(name, "label_batch", self.label_batch, integer=True)
 
+    @property
+    def score_floor(self) -> float | None:
+        """The score of a model none of whose labels is reached (-1, with ``reach``): a censored value that
+        ``calibrate`` does not take as a threshold."""
+        return -1.0 if self.reach else None
+
     # ---- the verb ------------------------------------------------------------------------------
     def detect(self, model: torch.nn.Module, clean, *, generator: torch.Generator | None = None,
                progress: Progress = None) -> Verdict:
