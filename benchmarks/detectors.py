@@ -116,28 +116,32 @@ def _verdicts(rec, names):
     return out
 
 
+def _dl_verdict(sim, threshold: float):
+    """DL-TND's decision on per-label similarities: the labels with s_k > T, highest first."""
+    from backdoorlab.types import Verdict
+
+    flagged = tuple(sorted((k for k, s in enumerate(sim) if s > threshold), key=lambda k: -sim[k]))
+    return Verdict(backdoored=bool(flagged), score=max(sim), threshold=threshold, suspects=flagged)
+
+
 def _recalibrated(name: str, raw: dict, threshold: float):
     """The verdict with threshold T replaced, as ``defenses.detect.calibrate`` would give it: DL-TND flags
     the labels whose similarity s_k > T, DF-TND its top-scoring label when that score > T."""
     from backdoorlab.types import Verdict
 
     if name == "dl-tnd":
-        sim = raw["evidence"]["similarity"]
-        flagged = tuple(sorted((k for k, s in enumerate(sim) if s > threshold), key=lambda k: -sim[k]))
-    else:
-        score = raw["evidence"].get("score", raw["evidence"]["ratio"])
-        top = max(range(len(score)), key=lambda k: score[k])
-        flagged = (top,) if score[top] > threshold else ()
+        return _dl_verdict(raw["evidence"]["similarity"], threshold)
+    score = raw["evidence"].get("score", raw["evidence"]["ratio"])
+    top = max(range(len(score)), key=lambda k: score[k])
+    flagged = (top,) if score[top] > threshold else ()
     return Verdict(backdoored=bool(flagged), score=raw["score"], threshold=threshold, suspects=flagged)
 
 
 def _official_dl(raw: dict):
     """DL-TND's verdict under the official rule (plain logit cosines, the preset T), from the evidence."""
-    from backdoorlab.types import Verdict
+    from backdoorlab.defenses.detect import DLTND
 
-    sim = raw["evidence"]["official_similarity"]
-    flagged = tuple(sorted((k for k, s in enumerate(sim) if s > 0.75), key=lambda k: -sim[k]))
-    return Verdict(backdoored=bool(flagged), score=max(sim), threshold=0.75, suspects=flagged)
+    return _dl_verdict(raw["evidence"]["official_similarity"], DLTND().threshold)
 
 
 def _failures(inf, cln, t_cal, calib) -> str:
@@ -158,10 +162,9 @@ def _failures(inf, cln, t_cal, calib) -> str:
             lines.append(f"- DL-TND flags clean {r['name']} at label {k}: s = {e['similarity'][k]:.3f} with a universal "
                          f"perturbation that reaches {100 * e['universal_success'][k]:.0f}% of the other images.")
     for r in inf + cln:
-        v = r["raw"].get("dl-tnd")
-        if v is None or "official_similarity" not in (v["evidence"] or {}):
+        v, o = r["raw"].get("dl-tnd"), r["verdicts"].get(OFFICIAL_DL)   # the row report() derived
+        if v is None or o is None:
             continue
-        o = _official_dl(v)
         if o.backdoored != v["backdoored"] or o.suspects[:1] != tuple(v["suspects"][:1]):
             e = v["evidence"]
             k = o.suspects[0] if o.backdoored else v["suspects"][0]
