@@ -1,8 +1,8 @@
 """THE detection population of MNIST models with known ground truth (issues 3 and 7): the single
 builder used by ``neural_cleanse_detection.py`` and ``detectors.py``.
 
-``population(...)`` trains (or loads from ``runs/population/``; populations "b" to "e", the same members
-with fresh seeds, from ``runs/population-b/`` to ``runs/population-e/``; written with ``io.save_model`` /
+``population(...)`` trains (or loads from ``runs/population/``; populations "b" to "f", the same members
+with fresh seeds, from ``runs/population-b/`` to ``runs/population-f/``; written with ``io.save_model`` /
 ``io.save_ground_truth``) 10 BadNets-infected models with different targets (all ten labels),
 trigger kinds (single pixel, BadNets 3x3 pattern, 3x3 / 4x4 / 5x5 squares, random-noise blend at
 alpha 0.1 and 0.2) and positions, and 10 clean models that differ only by seed.  Separately,
@@ -43,10 +43,11 @@ CACHE = ROOT / "runs" / "population"
 # with fresh seeds for training, poisoning and blend noise - blind re-tests of rules fixed after "a" (and
 # "b") were seen; "d" (declared in the sixth session before it was trained) re-tests the DF-TND rule change
 # of that session; "e" (declared in the seventh session before it was trained, scanned only after that
-# session's DL-TND rule is committed) re-tests it and every other rule in use
+# session's DL-TND rule is committed) re-tests it and every other rule in use; "f" (declared in the eighth
+# session before it was trained, scanned only after that session's DF-TND change is committed) re-tests it
 POPULATIONS = {"a": (CACHE, 0), "b": (ROOT / "runs" / "population-b", 50_000),
                "c": (ROOT / "runs" / "population-c", 100_000), "d": (ROOT / "runs" / "population-d", 150_000),
-               "e": (ROOT / "runs" / "population-e", 200_000)}
+               "e": (ROOT / "runs" / "population-e", 200_000), "f": (ROOT / "runs" / "population-f", 250_000)}
 SHAPE = (1, 28, 28)
 EPOCHS, RATE = 1, 0.1
 MIN_CA, MIN_ASR = 0.98, 0.90
