@@ -14,9 +14,11 @@ the papers' rules (MAD index 2; the official code's λ bisection and T = 0.75 on
 where DL-TND's seventh-session ``reach`` rule counts an image's cosine only when both perturbations send it
 to the label - set with populations a-d in view; the official plain-cosine rule is shown beside it);
 DF-TND uses whatever its module defines (see df_tnd.py; its rules were set with populations a, b and c
-in view, and population d was their blind test).  Population e, declared and trained before the seventh
-session's rule was fixed, is the blind test of every rule in use - each results file says which rules it
-tests blind.
+in view and population d was their blind test; its eighth-session start choice - each label reported by the
+start with the largest margin - was set with populations a-e in view).  Population e, declared and trained
+before the seventh session's DL-TND rule was fixed, is the blind test of that rule and NC's; population f,
+declared and trained before the eighth session's DF-TND change was fixed, is the blind test of every rule in
+use - each results file says which rules it tests blind.
 
 Verdicts are cached per model in ``runs/population*/NAME.verdicts.json`` (keyed by the detector module's
 code without docstrings), so an interrupted run resumes and a changed detector is re-run.
@@ -41,9 +43,10 @@ from backdoorlab.defenses.detect.df_tnd import EFFICIENCY_SCALE, MARGIN_SCALE  #
 
 DETECTOR_NAMES = ("neural-cleanse", "dl-tnd", "df-tnd")
 CALIBRATED = ("dl-tnd", "df-tnd")   # shown again with T = the largest score of the clean reference models
-# DF-TND's fifth-session rule (one start, T = 3.5; starts=1 draws exactly what that code drew), shown beside
-# the sixth session's three starts and T = 2.5 so the change is compared on the same models in one table
-PREVIOUS = ("df-tnd (session 5: 1 start, T = 3.5)", "df-tnd", {"starts": 1, "threshold": 3.5})
+# DF-TND's sixth-session rule (each label's start with the largest eq. 6 objective; the eighth session reports
+# the start with the largest margin), read from the same run's evidence (every start's increases are kept), so
+# the change is compared on the same maximisations in one table
+PREVIOUS = "df-tnd (session 6: best start by eq. 6 objective)"
 # DL-TND's official rule (plain logit cosines, no ``reach``; what every session before the seventh used), read
 # from the same run's evidence (``official_similarity``: the same optimisation, scored the official way)
 OFFICIAL_DL = "dl-tnd (official rule: plain cosines, T = 0.75)"
@@ -58,8 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="do not write results/detectors.md")
     ap.add_argument("--population", default="a", choices=sorted(POPULATIONS),
-                    help="a: the evaluation population (results/detectors.md); b-e: the same members with "
-                         "fresh seeds, re-tests (results/detectors_b.md ... _e.md); e is the blind test of "
+                    help="a: the evaluation population (results/detectors.md); b-f: the same members with "
+                         "fresh seeds, re-tests (results/detectors_b.md ... _f.md); f is the blind test of "
                          "every rule in use; each results file says which rules its population tests blind)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -70,12 +73,10 @@ def main(argv=None) -> int:
     for m in population(shard=shard, which=args.population, train_missing=False):
         records.append({"name": m.name, "infected": m.infected, "target": m.target, "ca": m.ca, "asr": m.asr,
                         "raw": {n: cached_verdict(m, n, train) for n in names}})
-        if PREVIOUS[1] in names:
-            records[-1]["previous"] = cached_verdict(m, PREVIOUS[1], train, PREVIOUS[2])
     # the TNDs' thresholds recalibrated on the calib-* clean reference models (never the evaluation ones)
     refs = calibration(train_missing=False) if set(CALIBRATED) & set(names) else []
     calib = {n: [cached_verdict(m, n, train) for m in refs] for n in CALIBRATED if n in names and refs}
-    if (shard != (0, 1) or any(v is None for r in records for v in [*r["raw"].values(), r.get("previous", 0)])
+    if (shard != (0, 1) or any(v is None for r in records for v in r["raw"].values())
             or any(v is None for vs in calib.values() for v in vs)):
         print("some verdicts are still being computed by another process; no report")
         return 0
@@ -89,8 +90,7 @@ def main(argv=None) -> int:
 def _cache_check(records, calib) -> str:
     """One line on the cached verdicts this report read: how many record their detector's imported modules
     (``population.stale_dependencies``) and how many of those predate a change in one of them."""
-    checks = [stale_dependencies(n, v) for r in records for n, v in [*r["raw"].items(),
-                                                                     (PREVIOUS[1], r.get("previous"))] if v]
+    checks = [stale_dependencies(n, v) for r in records for n, v in r["raw"].items() if v]
     checks += [stale_dependencies(n, v) for n, vs in calib.items() for v in vs]
     known = [c for c in checks if c is not None]
     stale = sorted({m for c in known for m in c})
@@ -135,6 +135,19 @@ def _recalibrated(name: str, raw: dict, threshold: float):
     top = max(range(len(score)), key=lambda k: score[k])
     flagged = (top,) if score[top] > threshold else ()
     return Verdict(backdoored=bool(flagged), score=raw["score"], threshold=threshold, suspects=flagged)
+
+
+def _previous_df(raw: dict):
+    """DF-TND's verdict under the sixth session's start choice (largest eq. 6 objective), from the evidence of
+    the same run (``decide`` on every start's increases), at the run's T."""
+    from backdoorlab.defenses.detect.df_tnd import decide
+    from backdoorlab.types import Verdict
+
+    e = raw["evidence"]
+    r = decide(torch.tensor(e["start_increase"]), torch.tensor(e["start_mask_l1"]),
+               torch.tensor(e["start_objectives"]), select="objective", threshold=raw["threshold"])
+    return Verdict(backdoored=bool(r.flagged), score=float(r.score.max()), threshold=raw["threshold"],
+                   suspects=tuple(r.flagged))
 
 
 def _official_dl(raw: dict):
@@ -224,16 +237,24 @@ BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py'
           "label, T = 2.5 (commit 16cbd90) - was fixed, after every other threshold in use, and nothing was "
           "changed after it was scanned: the blind test of every rule in use in the sixth session (git "
           "9b0952f:benchmarks/results/detectors_d.md). NOT blind for DL-TND's reach rule (seventh session), chosen "
-          "with populations a-d in view (population e is its blind test). "),
+          "with populations a-d in view (population e is its blind test). NOT blind for DF-TND's eighth-session "
+          "start choice, set with populations a-e in view (population f is its blind test). "),
     "e": ("It was declared (commit bb80474) and trained before the seventh session's DL-TND reach rule was fixed, "
           "after every other threshold in use, and scanned only after that rule was committed; nothing was changed "
-          "after it was scanned: a blind test of every rule in use. "),
+          "after it was scanned: the blind test of every rule in use in the seventh session (git "
+          "0d4b91c:benchmarks/results/detectors_e.md). NOT blind for DF-TND's eighth-session start choice, set "
+          "with populations a-e in view (population f is its blind test). "),
+    "f": ("It was declared (commit 9e5db6f) and trained before the eighth session's DF-TND start choice (each "
+          "label reported by its start with the largest margin) was fixed, after every other rule in use, and "
+          "scanned only after that change was committed; nothing was changed after it was scanned: a blind test "
+          "of every rule in use. "),
 }
 
 
 TITLE = {"b": "re-test, blind except for DF-TND and DL-TND's reach rule",
          "c": "re-test, blind except for DF-TND's sixth-session rule and DL-TND's reach rule",
-         "d": "re-test, blind except for DL-TND's reach rule", "e": "blind re-test"}
+         "d": "re-test, blind except for DL-TND's reach rule and DF-TND's eighth-session rule",
+         "e": "re-test, blind except for DF-TND's eighth-session rule", "f": "blind re-test"}
 
 
 def _population_text(which: str) -> str:
@@ -250,7 +271,7 @@ def _calibration_text(calib: dict, t_cal: dict, which: str) -> str:
     blind = ("The calibration rule and references were fixed before this population was trained." if which != "a" else
              "The rule (largest reference score) was fixed in an earlier session with 4 references; the 8 more "
              "were trained after the evaluation scores had been seen, so this is not a blind test "
-             "(population e is; b, c and d were before DL-TND's reach rule).")
+             "(population f is; b-e were before DF-TND's eighth-session rule).")
     n_ref = len(next(iter(calib.values())))
     lines = [f"`(T calibrated)` rows: the detector's threshold T set to the largest score among {n_ref} clean reference "
              "models (`calib-s0..`, the population's recipe with other seeds; never the evaluation models) - what "
@@ -267,7 +288,6 @@ def report(records, names, calib=None, which: str = "a") -> str:
     from backdoorlab.defenses.detect import DETECTORS
     from backdoorlab.defenses.detect.calibrate import calibrated_threshold
     from backdoorlab.defenses.detect.combined import Combined
-    from backdoorlab.types import Verdict
 
     calib = dict(calib or {})
     t_cal = {n: calibrated_threshold([c["score"] for c in vs], 0.0, vs[0]["threshold"],   # = calibrate()
@@ -284,11 +304,10 @@ def report(records, names, calib=None, which: str = "a") -> str:
         if dl is not None and "official_similarity" in (dl["evidence"] or {}):
             r["verdicts"][OFFICIAL_DL] = _official_dl(dl)
             r["seconds"][OFFICIAL_DL] = r["seconds"]["dl-tnd"]
-        if r.get("previous"):
-            p = r["previous"]
-            r["verdicts"][PREVIOUS[0]] = Verdict(backdoored=p["backdoored"], score=p["score"],
-                                                 threshold=p["threshold"], suspects=tuple(p["suspects"]))
-            r["seconds"][PREVIOUS[0]] = p["seconds"]
+        df = r["raw"].get("df-tnd")
+        if df is not None and "start_increase" in (df["evidence"] or {}):
+            r["verdicts"][PREVIOUS] = _previous_df(df)
+            r["seconds"][PREVIOUS] = r["seconds"]["df-tnd"]
     cols = [k for k in records[0]["verdicts"] if all(k in r["verdicts"] for r in records)]   # rows every model has
     inf = [r for r in records if r["infected"]]
     cln = [r for r in records if not r["infected"]]
@@ -313,7 +332,7 @@ def report(records, names, calib=None, which: str = "a") -> str:
         if n in stats:
             det, fp, _ = stats[n]
             ok = det >= 0.8 * len(inf) and fp <= 2
-            seen = ((n.startswith("df-tnd") and which in ("a", "b", "c")) or (n.startswith("dl-tnd") and which != "e")
+            seen = ((n.startswith("df-tnd") and which != "f") or (n.startswith("dl-tnd") and which not in ("e", "f"))
                     or (which == "a" and "calibrated" in n))
             accept.append(f"- {n}: {det}/{len(inf)} detected, {fp}/{len(cln)} clean flagged -> "
                           f"**{'met' if ok else 'not met'}**" + (" (not blind: a rule it uses was set after this "
@@ -334,16 +353,19 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "every infected one ASR >= 90% on "
         "the test set, columns below). Library defaults, inputs as `backdoorlab scan --seed 0` gives them: "
         "NC a 5% clean training subset (3,000 images); DL-TND one clean image per class; DF-TND no data. "
-        + ({"e": "No rule or threshold was tuned on this population. ",
-            "d": "DL-TND's reach rule (seventh session) was chosen with this population's results in view; no "
+        + ({"f": "No rule or threshold was tuned on this population. ",
+            "e": "DF-TND's eighth-session start choice was chosen with this population's results in view; no "
                  "threshold was tuned on it. ",
+            "d": "DL-TND's reach rule (seventh session) and DF-TND's start choice (eighth) were chosen with this "
+                 "population's results in view; no threshold was tuned on it. ",
             "a": "DF-TND's rules and DL-TND's reach rule were set with this population's results in view (see the "
                  "acceptance notes); NC uses its paper's rule. ",
-            "b": "DF-TND's T_eff (fifth session), its three starts and T = 2.5 (sixth) and DL-TND's reach rule "
-                 "(seventh) were chosen with this population's results in view; no other threshold was tuned on "
-                 "it. "}.get(which,
-           "DF-TND's three starts and T = 2.5 (sixth session) and DL-TND's reach rule (seventh) were chosen with "
-           "this population's results in view; no other threshold was tuned on it. ")) + "Target accuracy = infected models whose top suspect is the "
+            "b": "DF-TND's T_eff (fifth session), its three starts and T = 2.5 (sixth), DL-TND's reach rule "
+                 "(seventh) and DF-TND's start choice (eighth) were chosen with this population's results in view; "
+                 "no other threshold was tuned on it. "}.get(which,
+           "DF-TND's three starts and T = 2.5 (sixth session), DL-TND's reach rule (seventh) and DF-TND's start "
+           "choice (eighth) were chosen with this population's results in view; no other threshold was tuned on "
+           "it. ")) + "Target accuracy = infected models whose top suspect is the "
         "true target. Seconds per model: one thread, the 2-core CPU shared with other developers' jobs "
         "(indicative only); combined = sum of the three.",
         "Combined rules (`defenses/detect/combined.py`): `combined` = the default rule "
@@ -352,16 +374,18 @@ def report(records, names, calib=None, which: str = "a") -> str:
         "label; vote = at least 2 of 3 flag; any / all.",
         md_table(["detector", "detection rate", "false positives", "target accuracy", "AUROC", "s / model"], rows),
         _calibration_text(calib, t_cal, which),
-        (f"`{PREVIOUS[0]}`: DF-TND's previous rule (one maximisation per label, T = 3.5, so T_abs = 27 logits and "
-         "T_eff = 1 logit per mask pixel) on the same models with the same seed - what the fifth session's code "
-         "gave - shown for comparison only. Population c was that rule's blind test; d and e are blind for both."
-         if any(r.get("previous") for r in records) else ""),
+        (f"`{PREVIOUS}`: DF-TND's previous rule (three starts per label, each label reported by the start with the "
+         "largest eq. 6 objective, T = 2.5) read from the evidence of the same runs - the sixth session's verdicts "
+         "- shown for comparison only. Population d was that rule's blind test (e too); f is blind for both. (The "
+         "fifth session's one-start row shown before is in git history, 0d4b91c:benchmarks/results/.)"
+         if PREVIOUS in cols else ""),
         "### Acceptance (issue 7)\n\n" + "\n".join(accept) + (
             "\n\nNot blind here: DF-TND's margin rule (T_abs) was added, and the 8 extra references for the calibrated "
             "T were trained, after this population's results had been seen; so was DF-TND's margin-per-mask-pixel "
             "criterion (T_eff, after population b), DF-TND's three starts and T = 2.5 were chosen on populations "
-            "a, b and c, and DL-TND's reach rule on a, b, c and d. Population e (same members, fresh seeds, "
-            "`results/detectors_e.md`) is the blind test of every rule in use." if which == "a" else ""),
+            "a, b and c, DL-TND's reach rule on a, b, c and d, and DF-TND's start choice (eighth session) on a-e. "
+            "Population f (same members, fresh seeds, `results/detectors_f.md`) is the blind test of every rule "
+            "in use." if which == "a" else ""),
         "### Where DL-TND and DF-TND fail (from the cached evidence)\n\n" + _failures(inf, cln, t_cal.get("dl-tnd"), calib.get("dl-tnd", ())),
         "Paper (Wang et al., ECCV 2020) reports DL-TND / DF-TND on CIFAR-10, GTSRB and ImageNet, not MNIST; "
         "its per-model numbers were not retrieved (see ../shared/notes/performance-anchors.md (h)).",

@@ -58,3 +58,19 @@ def test_dl_tnd_official_row_is_read_from_the_evidence():
     assert v.backdoored and v.suspects == (3, 1) and v.score == 0.9 and v.threshold == 0.75   # 0.75 is not > T
     raw["evidence"]["official_similarity"] = [0.2, 0.75]
     assert not detectors._official_dl(raw).backdoored
+
+
+def test_df_tnd_previous_row_is_read_from_the_evidence():
+    """detectors.py's sixth-session DF-TND row: each label reported by its start with the largest eq. 6
+    objective, from the same run's evidence of every start (no second maximisation), at the run's T."""
+    import detectors
+
+    # label 0: start 1 has the larger objective but margin 1 (start 0: margin 5); label 1: margins 2 and 2.5
+    raw = {"backdoored": True, "score": 2.0, "threshold": 1.5, "suspects": [0],
+           "evidence": {"start_increase": [[[6.0, 1.0], [9.0, 8.0]], [[-1.0, 2.0], [0.5, 3.0]]],
+                        "start_mask_l1": [[40.0, 50.0], [20.0, 100.0]],
+                        "start_objectives": [[1.0, 2.0], [3.0, 1.0]]}}
+    v = detectors._previous_df(raw)
+    assert v.backdoored and v.suspects == (1,) and v.score == 2.0 and v.threshold == 1.5   # ratio 2 / 1
+    raw["threshold"] = 2.0
+    assert not detectors._previous_df(raw).backdoored

@@ -12,7 +12,7 @@ import torch
 
 from backdoorlab.defenses.detect import DETECTORS, DFTND
 from backdoorlab.defenses.detect.df_tnd import (EFFICIENCY_SCALE, MARGIN_SCALE, MASK_FLOOR, THRESHOLD,
-                                                _project_simplex, _project_simplex_rows, ratio_rule)
+                                                _project_simplex, _project_simplex_rows, decide, ratio_rule)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _planted import PIXEL, planted  # noqa: E402
@@ -162,24 +162,67 @@ def test_planted_neuron_label_is_the_outlier(verdicts):
     assert ev.noise_inputs == 10 and ev.logit_increase.shape == (10, 10)
 
 
-def test_each_label_reports_its_best_start(verdicts, clean_model):
-    """Three starts per label by default; label k's reported row is the start with the largest eq. 6 objective,
-    and a single start reports start 0 everywhere."""
+def test_each_label_reports_its_largest_margin_start(verdicts, clean_model):
+    """Three starts per label by default; label k's reported row is the start with the largest margin s_k
+    (read in that start's own row of increases), and a single start reports start 0 everywhere."""
     for verdict in verdicts[:2]:
         ev = verdict.evidence
         assert ev.start_objectives.shape == (10, DFTND().starts) and DFTND().starts == 3
-        assert torch.equal(ev.chosen_start, ev.start_objectives.argmax(1))
-        assert torch.equal(ev.objective, ev.start_objectives.amax(1))
+        assert ev.select == DFTND().select == "margin"
+        assert ev.start_increase.shape == (10, 3, 10) and ev.start_mask_l1.shape == (10, 3)
+        for k in range(10):
+            for s in range(3):
+                row = ev.start_increase[k, s]
+                others = torch.cat([row[:k], row[k + 1:]]).max().clamp_min(0)
+                assert float(ev.start_margin[k, s]) == pytest.approx(float(row[k] - others), abs=1e-5)
+        assert torch.equal(ev.chosen_start, ev.start_margin.argmax(1))
+        assert torch.equal(ev.margin, ev.start_margin.amax(1))
+        assert torch.equal(ev.logit_increase, ev.start_increase[torch.arange(10), ev.chosen_start])
+        assert torch.equal(ev.objective, ev.start_objectives[torch.arange(10), ev.chosen_start])
         j = ev.to_json()
         assert j["chosen_start"] == ev.chosen_start.tolist() and len(j["start_objectives"][0]) == 3
+        assert j["select"] == "margin" and torch.equal(torch.tensor(j["start_increase"]), ev.start_increase)
     one = DFTND(**FAST, starts=1).detect(clean_model, None, generator=gen(1)).evidence
     assert one.start_objectives.shape == (10, 1) and not bool(one.chosen_start.any())
 
 
+def test_select_objective_is_the_sixth_session_rule(clean_model):
+    """select="objective" runs the same maximisation (same seed: the same increases in every start) and reports
+    the start with the largest eq. 6 objective; ``decide`` on the saved evidence gives either verdict."""
+    by_margin = DFTND(**FAST).detect(clean_model, None, generator=gen(3))
+    by_objective = DFTND(**FAST, select="objective").detect(clean_model, None, generator=gen(3))
+    a, b = by_margin.evidence, by_objective.evidence
+    assert torch.equal(a.start_increase, b.start_increase) and torch.equal(a.start_objectives, b.start_objectives)
+    assert torch.equal(b.chosen_start, b.start_objectives.argmax(1)) and b.select == "objective"
+    assert not torch.equal(a.chosen_start, b.chosen_start)          # the two rules pick different starts here
+    for ev, verdict in ((a, by_margin), (b, by_objective)):
+        r = decide(ev.start_increase, ev.start_mask_l1, ev.start_objectives, select=ev.select)
+        assert torch.equal(r.chosen, ev.chosen_start) and torch.equal(r.score, ev.score)
+        assert tuple(r.flagged) == verdict.suspects
+
+
+def test_decide_on_hand_made_starts():
+    """Two labels x two starts: label 0's start 1 has the larger eq. 6 objective but the smaller margin."""
+    inc = torch.tensor([[[6.0, 1.0], [9.0, 8.0]],     # label 0: start 0 margin 5, start 1 margin 1
+                        [[-1.0, 2.0], [0.5, 3.0]]])   # label 1: start 0 margin 2, start 1 margin 2.5
+    l1 = torch.tensor([[4.0, 0.5], [2.0, 10.0]])
+    obj = torch.tensor([[1.0, 2.0], [3.0, 1.0]])
+    m = decide(inc, l1, obj, threshold=1.5, margin_scale=float("inf"), efficiency_scale=float("inf"))
+    assert m.chosen.tolist() == [0, 1] and m.margin.tolist() == [5.0, 2.5]
+    assert m.start_margin.tolist() == [[5.0, 1.0], [2.0, 2.5]] and m.mask_l1.tolist() == [4.0, 10.0]
+    assert m.ratio.tolist() == [2.0, 0.5] and m.flagged == [0]
+    o = decide(inc, l1, obj, select="objective", threshold=1.5, margin_scale=float("inf"),
+               efficiency_scale=float("inf"))
+    assert o.chosen.tolist() == [1, 0] and o.margin.tolist() == [1.0, 2.0]
+    assert o.efficiency.tolist() == [1.0, 1.0] and o.ratio.tolist() == [0.5, 2.0] and o.flagged == [1]
+    with pytest.raises(ValueError, match="select must be one of"):
+        decide(inc, l1, obj, select="best")
+
+
 def test_reported_rows_are_rebuilt_from_the_chosen_problem(clean_model, monkeypatch):
     """Index check of the batched multi-start layout: capture the maximisation's (m, δ, w, objective) and rebuild
-    each label's reported row by hand from problem p = k * S + argmax_s objective, whose inputs are start s's
-    noise rows x[s*N:(s+1)*N] - a swapped view (k, s) or a wrong row block fails here."""
+    every start's row by hand from problem p = k * S + s, whose inputs are start s's noise rows x[s*N:(s+1)*N]
+    - a swapped view (k, s) or a wrong row block fails here; the reported row is the chosen start's."""
     cap = {}
     original = DFTND._maximize_responses
 
@@ -193,18 +236,22 @@ def test_reported_rows_are_rebuilt_from_the_chosen_problem(clean_model, monkeypa
     ev = det.detect(clean_model, None, generator=gen(2)).evidence
     x, S, (m, d, w, objective) = cap["x"], cap["S"], cap["out"]
     N, K = det.noise_inputs, 10
-    objective = objective.view(K, S)
+    assert torch.equal(ev.start_objectives, objective.view(K, S))
     assert S == 3 and x.shape[0] == S * N and bool((ev.chosen_start != ev.chosen_start[0]).any())
     with torch.no_grad():
         for k in range(K):
-            s = int(objective[k].argmax())
-            p = slice((k * S + s) * N, (k * S + s + 1) * N)
-            xs = x[s * N:(s + 1) * N]
-            increase = (clean_model((1 - m[p]) * xs + m[p] * d[p]) - clean_model(xs)).mean(0)
-            assert torch.allclose(increase, ev.logit_increase[k], atol=1e-5)
-            assert float(m[p].flatten(1).sum(1).mean()) == pytest.approx(float(ev.mask_l1[k]), abs=1e-5)
+            for s in range(S):
+                p = slice((k * S + s) * N, (k * S + s + 1) * N)
+                xs = x[s * N:(s + 1) * N]
+                increase = (clean_model((1 - m[p]) * xs + m[p] * d[p]) - clean_model(xs)).mean(0)
+                assert torch.allclose(increase, ev.start_increase[k, s], atol=1e-5)
+                l1 = float(m[p].flatten(1).sum(1).mean())
+                assert l1 == pytest.approx(float(ev.start_mask_l1[k, s]), abs=1e-5)
+                if s == int(ev.chosen_start[k]):
+                    assert torch.allclose(increase, ev.logit_increase[k], atol=1e-5)
+                    assert l1 == pytest.approx(float(ev.mask_l1[k]), abs=1e-5)
     top = int(ev.score.argmax())
-    q = top * S + int(objective[top].argmax())
+    q = top * S + int(ev.chosen_start[top])
     assert torch.equal(ev.neuron_weights, w[q])
     assert torch.equal(ev.trigger.mask, m[q * N:(q + 1) * N].mean(0))
 
@@ -251,7 +298,7 @@ def test_input_shape_needed(clean_model):
 @pytest.mark.parametrize("field,value", [("noise_inputs", 0), ("step_size", 0.0), ("threshold", -1.0),
                                          ("lam", -0.1), ("mask_init", 1.5), ("noise_max", 0.0),
                                          ("noise_max", 1.5), ("lam_warmup", 2.0), ("efficiency_scale", 0.0),
-                                         ("starts", 0), ("starts", 1.5)])
+                                         ("starts", 0), ("starts", 1.5), ("select", "best")])
 def test_invalid_fields_name_themselves(field, value):
     with pytest.raises(ValueError, match=rf"DFTND\.{field} must"):
         DFTND(**{field: value})
@@ -259,16 +306,20 @@ def test_invalid_fields_name_themselves(field, value):
 
 @pytest.mark.slow
 def test_mnist_badnets_found_without_data():
+    """Population a of benchmarks/population.py, where the sixth session's start choice (largest eq. 6
+    objective) flagged 3 clean models: with each label reported by its largest-margin start, clean-s0 (3.60
+    under the old choice, read here from the same run) is cleared, and the weakest square is still found."""
     from backdoorlab.io import load_ground_truth, load_model, truth_path
 
-    # members of population d of benchmarks/population.py, the blind test of DF-TND's three starts and
-    # T = 2.5 (chosen on populations a, b, c and the calib-* references, not on these).  Not population a:
-    # there the new rule flags clean-s0 (score 3.60 > 2.5), one of a's 3 false positives (detectors.md)
-    cache = Path(__file__).resolve().parents[3] / "runs" / "population-d"
-    bd, cl = cache / "patch3-br-t5.safetensors", cache / "clean-s0.safetensors"
+    cache = Path(__file__).resolve().parents[3] / "runs" / "population"
+    bd, cl = cache / "patch5-bl-t3.safetensors", cache / "clean-s0.safetensors"
     if not (bd.exists() and cl.exists()):
-        pytest.skip("run benchmarks/population.py --population d first (trains the blind re-test population)")
+        pytest.skip("run benchmarks/population.py first (trains the detection population)")
     goal = load_ground_truth(truth_path(bd))[0]
     v = DFTND().detect(load_model(bd)[0], None, generator=gen(0))
     assert v.backdoored and v.suspects[0] == goal.target
-    assert not DFTND().detect(load_model(cl)[0], None, generator=gen(0)).backdoored
+    clean = DFTND().detect(load_model(cl)[0], None, generator=gen(0))
+    ev = clean.evidence
+    old = decide(ev.start_increase, ev.start_mask_l1, ev.start_objectives, select="objective")
+    assert not clean.backdoored and clean.score < 2.0
+    assert old.flagged == [3] and float(old.score.max()) == pytest.approx(3.60, abs=0.01)

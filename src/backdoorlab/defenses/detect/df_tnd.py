@@ -31,9 +31,10 @@ infected + 10 clean MNIST badnets-cnn models, never the evaluation population of
    (``runs/dftnd-calib/oracle2.py``).  Low-amplitude noise is near the dark MNIST background; for
    data whose inputs are not dark, re-check ``noise_max`` with that script.
 2. ``starts`` = 3 maximisations of eq. 6 per label k (each on its own N noise inputs and δ start), all
-   K x 3 of them rows of one batched forward (K x 3 x N images per step); per label the start that
-   reached the largest eq. 6 objective is the one reported (sixth session, see below; one start
-   before).  In label k's problem w starts on the neurons that raise label k (w proportional to
+   K x 3 of them rows of one batched forward (K x 3 x N images per step); per label the start whose
+   trigger gave the largest margin s_k (point 4) is the one reported (``select="margin"``, eighth
+   session; the sixth session's ``select="objective"`` reported the start with the largest eq. 6
+   objective; one start before that; see below).  In label k's problem w starts on the neurons that raise label k (w proportional to
    the positive part of the head's row k) and stays on the simplex restricted to them.  A single
    free w concentrates on whichever neuron noise excites most (in clean models and infected
    ones alike: strokes that draw a digit), and the trigger's neurons were rarely the ones chosen;
@@ -145,6 +146,33 @@ maximisations found neither BadNets pattern (scores 1.57 and 1.18; three starts:
 10% blend. Cost: three times the single start's work (K x 3 x N images per step); in the detection
 tables 1.4-2.7x its wall time (24-78 s per MNIST model on one thread while other jobs shared the 2 cores).
 
+The start with the largest margin (eighth session): on population a the three-start rule still flagged 3 clean
+models, and its clean false positives and its weakest detections had the same ratio, margin and mask size, so
+no threshold on the evidence it kept could separate them.  What the ratio compares is label k's margin
+against every other label's - each read in ONE of that label's three starts, the one with the largest eq. 6
+objective.  Eq. 6 scores neuron responses, not the margin, and in the clean false positives the start kept
+for the runner-up labels was often not the one whose stroke raised them most (a's clean-s0: the start kept for
+label 5 had a margin of -2.1, its other two starts 2.1 and 4.3, so the ratio's denominator was label 2's 2.0
+and the top label's 7.1 made a ratio of 3.6 - with label 5's 4.3 it is 1.7), so the denominator - and the
+ratio - rested on one draw per label.  Reporting for EVERY label the start whose trigger gave it the largest
+margin estimates each label's margin as the best of its S maximisations, on both sides of the ratio: a Trojan
+target keeps its margin (the trigger is found in most starts: in all 45 working non-centre backdoors of a-e at
+least 2 of the 3 starts reach half the target's best margin), a clean model's runner-up labels get theirs.
+The maximisation, its cost, T = 2.5 and the criteria's scales are unchanged; only the reported start per label
+is.  Chosen with populations a-e and the 12 references in view (developer script ``runs/dfprobe8.py``, not in
+the repository: the library's maximisation with generator seed 0, keeping every start; it reproduces the
+cached sixth-session verdicts exactly), reading both rules on the same maximisations (objective -> margin;
+detected / clean flagged at T = 2.5): a 10/10, 3 -> 10/10, 0 (top clean scores 5.04, 3.60, 3.59 -> 2.16, 1.98,
+1.69); b 9/10, 0 -> 9/10, 0; c 8/10, 0 -> 8/10, 0; d 9/10, 2 -> 9/10, 1; e 8/10, 2 -> 8/10, 2 (e's clean-s0
+and clean-s1 give label 5 a margin of 8.2-11.7 logits in all three starts - a reproducible stroke, not a lucky
+draw, so the new choice cannot clear them: 3.13 -> 3.00 and 2.94 -> 3.28); the 12 references 1.91 -> 1.88 at
+most.  Population f, declared (9e5db6f) and trained before this choice was fixed, is its blind test
+(``benchmarks/results/detectors_f.md``).  A cost of the choice: it selects on the statistic itself, so a label
+whose margin is noise gets the luckiest of S draws; that is symmetric over labels (the runner-up gets its
+luckiest draw too), which is what the ratio needs.  ``select="objective"`` restores the sixth session's rule;
+both are read from the same run by ``decide`` (``start_increase``, ``start_mask_l1`` and ``start_objectives``
+are kept in the evidence).
+
 Solver (as the official ``attacker.py``): projected sign-gradient ascent with step ``step_size`` on
 δ and m; after each step m is soft-thresholded by step_size * λ and clipped to [0, 1], δ clipped to
 [0, 1]; w takes a step and is projected onto the simplex. After ``steps`` iterations each problem's
@@ -161,9 +189,10 @@ Deviations:
   (official notebook: 1000 + 1000 at step 0.1, CIFAR-10 / ResNet-50 on a GPU); λ = 0.1 on the
   per-image mean ||m||_1 (official: γ = 1e-3 on the batch total, no warm-up).  Cost: K x 3 x N
   images per step (3 starts per label), 3K times the official code's single maximisation per step.
-  The eq. 6 objective that picks a label's best start is the one of the last iteration's forward, just
-  before its final update (cached verdicts were made so; recomputing it at the final (m, δ, w) would
-  re-run every benchmark).
+  The eq. 6 objective kept per start (and used by ``select="objective"``) is the one of the last
+  iteration's forward, just before its final update.
+- Several starts per label, each label reported by its start with the largest margin (point 2 and the
+  eighth session above): the paper solves eq. 6 once.
 - w: the official code takes sign steps on w, which (all responses being >= 0) keep w uniform over
   the active neurons; a step proportional to the gradient (normalised by its largest entry) lets w
   single out neurons as eq. 6 means.
@@ -197,6 +226,7 @@ MARGIN_FLOOR = 1.0  # logits: a runner-up margin below this counts as this
 EFFICIENCY_SCALE = 1.0 / 3.5  # logits per mask pixel per unit of T: T_eff = T * efficiency_scale (0.71 at 2.5)
 EFFICIENCY_THRESHOLD = THRESHOLD * EFFICIENCY_SCALE  # T_eff on margin / mask L1 (fifth session; module docstring)
 MASK_FLOOR = 1.0  # pixels: a mask L1 below this counts as this in the efficiency
+SELECT = ("margin", "objective")  # how a label's reported start is chosen among its S starts (module docstring)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,10 +238,14 @@ class DFTNDEvidence:
     ratio: torch.Tensor            # (K,) s_k / max(floor, max_{j != k} s_j)
     efficiency: torch.Tensor       # (K,) s_k / max(mask_floor, mask L1_k): margin per mask pixel
     score: torch.Tensor            # (K,) max(ratio_k, s_k / margin_scale, efficiency_k / efficiency_scale)
-    objective: torch.Tensor        # (K,) eq. 6 at the end of each label's chosen (best) start
+    objective: torch.Tensor        # (K,) eq. 6 at the end of each label's chosen start
     start_objectives: torch.Tensor  # (K, S) eq. 6 at the end of every start of every label
-    chosen_start: torch.Tensor     # (K,) the start whose maximisation is reported for label k (argmax of eq. 6)
-    mask_l1: torch.Tensor          # (K,) mean ||m_i||_1 of each label's per-input masks
+    chosen_start: torch.Tensor     # (K,) the start reported for label k (``select``: largest margin or eq. 6)
+    mask_l1: torch.Tensor          # (K,) mean ||m_i||_1 of each label's per-input masks (chosen start)
+    start_increase: torch.Tensor   # (K, S, K) [k, s, j]: L_j of eq. 7 under start s of label k's maximisation
+    start_mask_l1: torch.Tensor    # (K, S) mean ||m_i||_1 of every start of every label
+    start_margin: torch.Tensor     # (K, S) s_k read in every start of label k's maximisation
+    select: str                    # how each label's start was chosen: "margin" or "objective"
     trigger: PatchTrigger          # the top label's (m, δ), averaged over its noise inputs
     neuron_weights: torch.Tensor   # (d,) w of the top label's maximisation (on the simplex)
     top_neurons: tuple[int, ...]   # neurons with the largest weights in it
@@ -238,6 +272,8 @@ class DFTNDEvidence:
                 "efficiency": self.efficiency.tolist(), "score": self.score.tolist(),
                 "objective": self.objective.tolist(), "start_objectives": self.start_objectives.tolist(),
                 "chosen_start": self.chosen_start.tolist(), "mask_l1": self.mask_l1.tolist(),
+                "start_increase": self.start_increase.tolist(), "start_mask_l1": self.start_mask_l1.tolist(),
+                "start_margin": self.start_margin.tolist(), "select": self.select,
                 "trigger_l1": self.trigger.l1(), "top_neurons": list(self.top_neurons),
                 "noise_inputs": self.noise_inputs}
 
@@ -249,7 +285,8 @@ class DFTND(Detector):
     data_free: ClassVar[bool] = True  # needs no clean data (``Combined`` and ``scan --no-data``)
 
     noise_inputs: int = 10          # N random-noise inputs per label and start (the official code uses 10)
-    starts: int = 3                 # S independent maximisations per label; the best eq. 6 objective is kept
+    starts: int = 3                 # S independent maximisations per label; one per label is reported (select)
+    select: str = "margin"          # per label, the start with the largest margin s_k ("objective": largest eq. 6)
     noise_max: float = 0.1          # noise inputs uniform in [0, noise_max]
     steps: int = 150                # sign-gradient iterations with per-input (m_i, δ_i)
     refine_steps: int = 150         # iterations from the averaged (m, δ), per input again
@@ -265,6 +302,10 @@ class DFTND(Detector):
         name = type(self).__name__
         positive(name, "noise_inputs", self.noise_inputs, integer=True)
         positive(name, "starts", self.starts, integer=True)
+        if self.select not in SELECT:
+            raise ValueError(f"{name}.select must be one of {', '.join(map(repr, SELECT))}, got {self.select!r}: "
+                             "'margin' reports each label's start with the largest margin (the default), "
+                             "'objective' the start with the largest eq. 6 objective (the sixth session's rule).")
         in_range(name, "noise_max", self.noise_max, 0.0, 1.0)
         positive(name, "noise_max", self.noise_max)
         positive(name, "steps", self.steps, integer=True)
@@ -301,27 +342,25 @@ class DFTND(Detector):
                 x_hat = (1 - m) * X + m * d
                 increase = (model(x_hat).view(K, S, N, K) - model(x).view(1, S, N, K)).mean(2).cpu()  # eq. 7
         objective = objective.view(K, S).cpu()
-        best = objective.argmax(1)                        # per label, the start that maximised eq. 6 best
-        rows_k = torch.arange(K)
-        increase = increase[rows_k, best]                 # (K, K): row k from label k's best start
-        mask_l1 = m.flatten(1).sum(1).view(K, S, N).mean(2).cpu()[rows_k, best]
-        margin = increase.diagonal() - _other_max(increase).clamp_min(0)
-        efficiency = margin / mask_l1.clamp_min(MASK_FLOOR)
-        ratio, score, flagged = ratio_rule(margin, self.threshold, self.margin_scale, efficiency=efficiency,
-                                           efficiency_scale=self.efficiency_scale)
-        top = int(score.argmax())
-        p = top * S + int(best[top])                      # the top label's chosen problem
+        mask_l1 = m.flatten(1).sum(1).view(K, S, N).mean(2).cpu()
+        r = decide(increase, mask_l1, objective, select=self.select, threshold=self.threshold,
+                   margin_scale=self.margin_scale, efficiency_scale=self.efficiency_scale)
+        top = int(r.score.argmax())
+        p = top * S + int(r.chosen[top])                  # the top label's chosen problem
         rows = slice(p * N, (p + 1) * N)
         w_top = w[p].cpu()
+        rows_k = torch.arange(K)
         evidence = DFTNDEvidence(
-            logit_increase=increase, margin=margin, ratio=ratio, efficiency=efficiency, score=score,
-            objective=objective[rows_k, best], start_objectives=objective, chosen_start=best, mask_l1=mask_l1,
+            logit_increase=r.increase, margin=r.margin, ratio=r.ratio, efficiency=r.efficiency, score=r.score,
+            objective=objective[rows_k, r.chosen], start_objectives=objective, chosen_start=r.chosen,
+            mask_l1=r.mask_l1, start_increase=increase, start_mask_l1=mask_l1, start_margin=r.start_margin,
+            select=self.select,
             trigger=PatchTrigger(mask=m[rows].mean(0).cpu(), pattern=d[rows].mean(0).cpu()),
             neuron_weights=w_top,
             top_neurons=tuple(int(i) for i in torch.argsort(w_top, descending=True)[:5]),
             noise_inputs=N)
-        return Verdict(backdoored=bool(flagged), score=float(score[top]), threshold=float(self.threshold),
-                       suspects=tuple(flagged), evidence=evidence)
+        return Verdict(backdoored=bool(r.flagged), score=float(r.score[top]), threshold=float(self.threshold),
+                       suspects=tuple(r.flagged), evidence=evidence)
 
     # ---- steps ---------------------------------------------------------------------------------
     @staticmethod
@@ -381,6 +420,46 @@ class DFTND(Detector):
                 if progress is not None:
                     progress(done, total)
         return m.detach(), d.detach(), w.detach(), objective.detach()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """DF-TND's rule applied to every start's measurements (``decide``)."""
+
+    chosen: torch.Tensor        # (K,) the start reported for each label
+    start_margin: torch.Tensor  # (K, S) s_k in every start of label k's maximisation
+    increase: torch.Tensor      # (K, K) row k: L of eq. 7 under label k's chosen start
+    mask_l1: torch.Tensor       # (K,) mask L1 of the chosen starts
+    margin: torch.Tensor        # (K,) s_k of the chosen starts
+    efficiency: torch.Tensor    # (K,) s_k / max(MASK_FLOOR, mask L1)
+    ratio: torch.Tensor         # (K,) ratio_rule's ratios
+    score: torch.Tensor         # (K,) ratio_rule's scores
+    flagged: list[int]          # the top-scoring label when its score exceeds the threshold, else []
+
+
+def decide(start_increase: torch.Tensor, start_mask_l1: torch.Tensor, start_objectives: torch.Tensor, *,
+           select: str = "margin", threshold: float = THRESHOLD, margin_scale: float = MARGIN_SCALE,
+           efficiency_scale: float = EFFICIENCY_SCALE) -> Decision:
+    """From every start's eq. 7 increases (K, S, K), mask L1 (K, S) and eq. 6 objective (K, S): per label k the
+    margin s_k = L_k - max(0, max_{j != k} L_j) in each start of its own maximisation, the start reported for
+    k (``select``: "margin", the largest s_k; "objective", the largest eq. 6 objective), and ``ratio_rule`` on
+    the reported margins.  ``detect`` calls it; it also re-reads saved evidence under either ``select``."""
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {', '.join(map(repr, SELECT))}, got {select!r}")
+    inc = torch.as_tensor(start_increase, dtype=torch.float32)
+    K, S, _ = inc.shape
+    eye = torch.eye(K, dtype=torch.bool).unsqueeze(1).expand(K, S, K)
+    own = inc[eye].view(K, S)
+    start_margin = own - inc.masked_fill(eye, float("-inf")).amax(2).clamp_min(0)
+    chosen = (start_margin if select == "margin" else torch.as_tensor(start_objectives)).argmax(1)
+    rows = torch.arange(K)
+    increase, mask_l1 = inc[rows, chosen], torch.as_tensor(start_mask_l1, dtype=torch.float32)[rows, chosen]
+    margin = start_margin[rows, chosen]
+    efficiency = margin / mask_l1.clamp_min(MASK_FLOOR)
+    ratio, score, flagged = ratio_rule(margin, threshold, margin_scale, efficiency=efficiency,
+                                       efficiency_scale=efficiency_scale)
+    return Decision(chosen=chosen, start_margin=start_margin, increase=increase, mask_l1=mask_l1, margin=margin,
+                    efficiency=efficiency, ratio=ratio, score=score, flagged=flagged)
 
 
 def _other_max(increase: torch.Tensor) -> torch.Tensor:
