@@ -16,7 +16,7 @@ to the label - set with populations a-d in view; the official plain-cosine rule 
 DF-TND uses whatever its module defines (see df_tnd.py; its rules were set with populations a, b and c
 in view and population d was their blind test; its eighth-session start choice - each label reported by the
 start with the largest margin - was set with populations a-e in view).  Population e, declared and trained
-before the seventh session's DL-TND rule was fixed, is the blind test of that rule and NC's; population f,
+before the seventh session's DL-TND rule was fixed, is a blind test of that rule and NC's; population f,
 declared and trained before the eighth session's DF-TND change was fixed, is the blind test of every rule in
 use - each results file says which rules it tests blind.
 
@@ -225,14 +225,16 @@ BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py'
           "added in the next session after this population's DF-TND misses had been seen (population c is its "
           "blind test). NOT blind for DF-TND's three starts and T = 2.5 either (sixth session), chosen on "
           "populations a, b and c (population d is their blind test). NOT blind for DL-TND's reach rule (seventh "
-          "session), chosen with populations a-d in view (population e is its blind test). "),
+          "session), chosen with populations a-d in view (population e is its blind test), nor for DF-TND's "
+          "eighth-session start choice, set with populations a-e in view (population f is its blind test). "),
     "c": ("It was trained after every threshold in use in the fifth session was fixed - DF-TND's one-start T = 3.5, "
           "T_abs and its margin-per-mask-pixel criterion T_eff, and the calibrated DL-TND threshold - and was their "
           "blind test (DF-TND then: 7/10 detected, 1/10 clean flagged, not met; calibrated 8/10, 1/10; git "
           "6f6f6f6:benchmarks/results/detectors_c.md). NOT blind for DF-TND's three starts and T = 2.5 (sixth "
           "session), chosen on populations a, b and c after that result; population d is their blind test. NOT "
           "blind for DL-TND's reach rule (seventh session), chosen with populations a-d in view (population e is "
-          "its blind test). "),
+          "its blind test), nor for DF-TND's eighth-session start choice, set with populations a-e in view "
+          "(population f is its blind test). "),
     "d": ("It was declared (commit e52cdfb) and trained before the sixth session's DF-TND rule - three starts per "
           "label, T = 2.5 (commit 16cbd90) - was fixed, after every other threshold in use, and nothing was "
           "changed after it was scanned: the blind test of every rule in use in the sixth session (git "
@@ -252,7 +254,7 @@ BLINDNESS = {   # what each re-test population was trained after (see df_tnd.py'
 
 
 TITLE = {"b": "re-test, blind except for DF-TND and DL-TND's reach rule",
-         "c": "re-test, blind except for DF-TND's sixth-session rule and DL-TND's reach rule",
+         "c": "re-test, blind except for DF-TND's sixth- and eighth-session rules and DL-TND's reach rule",
          "d": "re-test, blind except for DL-TND's reach rule and DF-TND's eighth-session rule",
          "e": "re-test, blind except for DF-TND's eighth-session rule", "f": "blind re-test"}
 

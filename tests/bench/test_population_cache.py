@@ -65,12 +65,13 @@ def test_df_tnd_previous_row_is_read_from_the_evidence():
     objective, from the same run's evidence of every start (no second maximisation), at the run's T."""
     import detectors
 
-    # label 0: start 1 has the larger objective but margin 1 (start 0: margin 5); label 1: margins 2 and 2.5
-    raw = {"backdoored": True, "score": 2.0, "threshold": 1.5, "suspects": [0],
-           "evidence": {"start_increase": [[[6.0, 1.0], [9.0, 8.0]], [[-1.0, 2.0], [0.5, 3.0]]],
+    # label 0: start 1 has the larger objective but margin 1 (start 0: margin 5); label 1: margins 3 and 2.5.
+    # The run's own (margin) verdict: label 0, ratio 5 / 3; the objective's: label 1, ratio 3 / 1
+    raw = {"backdoored": True, "score": 5 / 3, "threshold": 1.5, "suspects": [0],
+           "evidence": {"start_increase": [[[6.0, 1.0], [9.0, 8.0]], [[-1.0, 3.0], [0.5, 3.0]]],
                         "start_mask_l1": [[40.0, 50.0], [20.0, 100.0]],
                         "start_objectives": [[1.0, 2.0], [3.0, 1.0]]}}
     v = detectors._previous_df(raw)
-    assert v.backdoored and v.suspects == (1,) and v.score == 2.0 and v.threshold == 1.5   # ratio 2 / 1
-    raw["threshold"] = 2.0
+    assert v.backdoored and v.suspects == (1,) and v.score == 3.0 and v.threshold == 1.5
+    raw["threshold"] = 3.0
     assert not detectors._previous_df(raw).backdoored

@@ -219,6 +219,22 @@ def test_decide_on_hand_made_starts():
         decide(inc, l1, obj, select="best")
 
 
+def test_decide_refuses_non_finite_measurements():
+    """A NaN start would win argmax and its NaN would clear every label: refused with a clear error instead."""
+    inc = torch.zeros(3, 2, 3)
+    inc[0, 0, 0] = 100.0
+    l1, obj = torch.ones(3, 2), torch.ones(3, 2)
+    assert decide(inc, l1, obj).flagged == [0]
+    bad = inc.clone()
+    bad[1, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="logit increases are not finite"):
+        decide(bad, l1, obj)
+    with pytest.raises(ValueError, match="objectives are not finite"):
+        decide(inc, l1, torch.tensor([[1.0, float("inf")], [1.0, 1.0], [1.0, 1.0]]))
+    d64 = decide(inc.double(), l1.double(), obj.double())
+    assert d64.increase.dtype == torch.float64 and decide(inc.tolist(), l1.tolist(), obj.tolist()).flagged == [0]
+
+
 def test_reported_rows_are_rebuilt_from_the_chosen_problem(clean_model, monkeypatch):
     """Index check of the batched multi-start layout: capture the maximisation's (m, δ, w, objective) and rebuild
     every start's row by hand from problem p = k * S + s, whose inputs are start s's noise rows x[s*N:(s+1)*N]
@@ -233,8 +249,10 @@ def test_reported_rows_are_rebuilt_from_the_chosen_problem(clean_model, monkeypa
 
     monkeypatch.setattr(DFTND, "_maximize_responses", capture)
     det = DFTND(steps=20, refine_steps=10, starts=3)
-    ev = det.detect(clean_model, None, generator=gen(2)).evidence
+    ev = det.detect(clean_model, None, generator=gen(3)).evidence
     x, S, (m, d, w, objective) = cap["x"], cap["S"], cap["out"]
+    top = int(ev.score.argmax())     # seed 3: the top label's reported start is neither 0 nor the objective's
+    assert int(ev.chosen_start[top]) not in (0, int(ev.start_objectives[top].argmax()))
     N, K = det.noise_inputs, 10
     assert torch.equal(ev.start_objectives, objective.view(K, S))
     assert S == 3 and x.shape[0] == S * N and bool((ev.chosen_start != ev.chosen_start[0]).any())
@@ -250,7 +268,6 @@ def test_reported_rows_are_rebuilt_from_the_chosen_problem(clean_model, monkeypa
                 if s == int(ev.chosen_start[k]):
                     assert torch.allclose(increase, ev.logit_increase[k], atol=1e-5)
                     assert l1 == pytest.approx(float(ev.mask_l1[k]), abs=1e-5)
-    top = int(ev.score.argmax())
     q = top * S + int(ev.chosen_start[top])
     assert torch.equal(ev.neuron_weights, w[q])
     assert torch.equal(ev.trigger.mask, m[q * N:(q + 1) * N].mean(0))

@@ -124,7 +124,8 @@ moved from 2.56 to 3.11 to 10.14 on the same 12 references (one maximisation who
 collapsed to 0.5 logits, a ratio of 10) and up to 9.87 on the 30 clean models of populations a-c, while
 the infected targets' margins moved little (blend10-t8 of a: 8.4, 8.4, 8.7 logits).  Eq. 6 is a
 non-convex maximisation; keeping, per label, the best of 3 starts (by eq. 6's own objective, not by
-the detection score) is the usual remedy.  Recombined offline from those three seeded runs (best of 3
+the detection score; the eighth session reports the start with the largest margin instead, below) is the
+usual remedy.  Recombined offline from those three seeded runs (best of 3
 by objective), the clean tail shrank: on populations a, b and c with the 12 references (42 clean
 models) the top clean scores were 3.31, 2.85, 2.58, 2.42, ... instead of 9.87, 6.97, 5.82, ... for
 single starts.  T = 2.5 was then chosen on those offline scores - populations a, b, c are development
@@ -132,7 +133,7 @@ data now, no longer blind - as the lowest T on a 0.1 grid keeping each populatio
 flagged (offline: a 9/10 at the right target with 1/10 clean flagged, b 8/10 and 0/10, c 8/10 and 0/10;
 T = 2.4 flags 2 of a's clean models, T = 3.0 detects 8, 8, 8).  The criteria's scales are those fixed
 at T = 3.5, so T_abs = 19.3 logits and T_eff = 0.71 logits per mask pixel.
-Measured with this library code (3 starts in one batch, generator seed 0 as ``scan --seed 0``; its draws
+Measured with the sixth session's library code (3 starts in one batch, generator seed 0 as ``scan --seed 0``; its draws
 differ from the offline recombination): the 12 references score 1.27-1.91; population a 10/10 detected
 (9 at the right target) with 3/10 clean flagged (ratios 3.60, 5.04, 3.59 - the tail shrank but did not
 go), b 9/10 (8) with 0/10, c 8/10 (8) with 0/10. Population d (``benchmarks/population.py --population
@@ -231,9 +232,10 @@ SELECT = ("margin", "objective")  # how a label's reported start is chosen among
 
 @dataclass(frozen=True, kw_only=True)
 class DFTNDEvidence:
-    """What DF-TND measured: one maximisation per label k (rows), every label's increase (columns)."""
+    """What DF-TND measured: S maximisations per label k; per label its reported start (rows), every label's
+    increase (columns), and every start's measurements (``start_*``)."""
 
-    logit_increase: torch.Tensor   # (K, K) [k, j]: L_j of eq. 7 under the trigger of label k's maximisation
+    logit_increase: torch.Tensor   # (K, K) [k, j]: L_j of eq. 7 under the trigger of label k's reported start
     margin: torch.Tensor           # (K,) s_k = L_k - max(0, max_{j != k} L_j) in row k
     ratio: torch.Tensor            # (K,) s_k / max(floor, max_{j != k} s_j)
     efficiency: torch.Tensor       # (K,) s_k / max(mask_floor, mask L1_k): margin per mask pixel
@@ -446,20 +448,31 @@ def decide(start_increase: torch.Tensor, start_mask_l1: torch.Tensor, start_obje
     the reported margins.  ``detect`` calls it; it also re-reads saved evidence under either ``select``."""
     if select not in SELECT:
         raise ValueError(f"select must be one of {', '.join(map(repr, SELECT))}, got {select!r}")
-    inc = torch.as_tensor(start_increase, dtype=torch.float32)
+    inc, l1, obj = (_floating(t) for t in (start_increase, start_mask_l1, start_objectives))
+    for what, t in (("logit increases", inc), ("mask L1", l1), ("eq. 6 objectives", obj)):
+        if not bool(torch.isfinite(t).all()):   # argmax would pick a NaN start and the NaN would clear every label
+            raise ValueError(f"DF-TND: the {what} are not finite (NaN or inf): the model's logits or penultimate "
+                             "responses overflow on the noise inputs; check the model (its weights and its "
+                             "output on inputs in [0, 1]) before trusting any verdict on it.")
     K, S, _ = inc.shape
     eye = torch.eye(K, dtype=torch.bool).unsqueeze(1).expand(K, S, K)
     own = inc[eye].view(K, S)
     start_margin = own - inc.masked_fill(eye, float("-inf")).amax(2).clamp_min(0)
-    chosen = (start_margin if select == "margin" else torch.as_tensor(start_objectives)).argmax(1)
+    chosen = (start_margin if select == "margin" else obj).argmax(1)
     rows = torch.arange(K)
-    increase, mask_l1 = inc[rows, chosen], torch.as_tensor(start_mask_l1, dtype=torch.float32)[rows, chosen]
+    increase, mask_l1 = inc[rows, chosen], l1[rows, chosen]
     margin = start_margin[rows, chosen]
     efficiency = margin / mask_l1.clamp_min(MASK_FLOOR)
     ratio, score, flagged = ratio_rule(margin, threshold, margin_scale, efficiency=efficiency,
                                        efficiency_scale=efficiency_scale)
     return Decision(chosen=chosen, start_margin=start_margin, increase=increase, mask_l1=mask_l1, margin=margin,
                     efficiency=efficiency, ratio=ratio, score=score, flagged=flagged)
+
+
+def _floating(values) -> torch.Tensor:
+    """A tensor of ``values`` in its own floating dtype (lists and integer tensors become float32)."""
+    t = torch.as_tensor(values)
+    return t if t.is_floating_point() else t.float()
 
 
 def _other_max(increase: torch.Tensor) -> torch.Tensor:
